@@ -1,0 +1,173 @@
+//! TCP connections: reading size-prefixed request frames within limits,
+//! running requests concurrently, and writing responses in request order (the
+//! Kafka protocol requires in-order responses per connection, and clients
+//! pipeline requests, which is what lets many produce requests share one
+//! fsync).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_core::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::KafkaConfig;
+use crate::handlers::{self, Outcome};
+
+/// What every request handler may use.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub broker: Arc<Broker>,
+    pub config: Arc<KafkaConfig>,
+    pub peer: SocketAddr,
+}
+
+/// A request frame holds at least api key, version and correlation id.
+const REQUEST_BYTES_MIN: usize = 8;
+/// After a failed accept (e.g. out of file descriptors), wait before retrying
+/// instead of spinning.
+const ACCEPT_RETRY_MS: u64 = 50;
+
+pub(crate) async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, config: Arc<KafkaConfig>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let ctx = Arc::new(Ctx {
+                    broker: broker.clone(),
+                    config: config.clone(),
+                    peer,
+                });
+                tokio::spawn(serve_connection(socket, ctx));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka listener could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>) {
+    let peer = ctx.peer;
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+    }
+    tracing::debug!(%peer, "kafka client connected");
+    let (rd, wr) = socket.into_split();
+    let (tx, rx) = mpsc::channel(ctx.config.connection_requests_in_flight_max.max(1));
+    let reader = read_requests(rd, tx, ctx.clone());
+    let writer = write_responses(wr, rx);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        read = &mut reader => {
+            if let Err(reason) = read {
+                tracing::warn!(%peer, "closing kafka connection: {reason}");
+            }
+            // Answer what was already read before closing.
+            if let Err(reason) = writer.await {
+                tracing::warn!(%peer, "closing kafka connection: {reason}");
+            }
+        }
+        written = &mut writer => {
+            if let Err(reason) = written {
+                tracing::warn!(%peer, "closing kafka connection: {reason}");
+            }
+        }
+    }
+    tracing::debug!(%peer, "kafka client disconnected");
+}
+
+/// Reads frames until the client closes or misbehaves. `Ok` on a clean close.
+async fn read_requests(
+    mut rd: OwnedReadHalf,
+    tx: mpsc::Sender<JoinHandle<Outcome>>,
+    ctx: Arc<Ctx>,
+) -> Result<(), String> {
+    let config = ctx.config.clone();
+    // Bytes of requests read but not yet answered, so that a client that never
+    // reads its responses cannot make the broker buffer without bound.
+    let budget = Arc::new(Semaphore::new(config.request_bytes_max));
+    let idle = Duration::from_millis(config.connection_idle_ms);
+    let read_timeout = Duration::from_millis(config.request_read_timeout_ms);
+    loop {
+        let mut size = [0u8; 4];
+        match tokio::time::timeout(idle, rd.read_exact(&mut size)).await {
+            Err(_) => return Err(format!("idle for {} ms (connection_idle_ms)", config.connection_idle_ms)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(format!("read failed: {e}")),
+            Ok(Ok(_)) => {}
+        }
+        let size = i32::from_be_bytes(size);
+        let size = match usize::try_from(size) {
+            Ok(s) if (REQUEST_BYTES_MIN..=config.request_bytes_max).contains(&s) => s,
+            _ => {
+                return Err(format!(
+                    "request size {size} is outside [{REQUEST_BYTES_MIN}, {}] bytes (raise kafka.request_bytes_max to allow larger requests)",
+                    config.request_bytes_max
+                ));
+            }
+        };
+        let permit = budget
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .map_err(|_| "request budget closed".to_string())?;
+        let mut frame = BytesMut::zeroed(size);
+        match tokio::time::timeout(read_timeout, rd.read_exact(&mut frame)).await {
+            Err(_) => {
+                return Err(format!(
+                    "request of {size} bytes not received within {} ms",
+                    config.request_read_timeout_ms
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("request truncated: {e}")),
+            Ok(Ok(_)) => {}
+        }
+        let frame: Bytes = frame.freeze();
+        let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
+        let ctx = ctx.clone();
+        let task = tokio::spawn(async move {
+            let outcome = handlers::handle(&ctx, request, frame).await;
+            drop(permit);
+            outcome
+        });
+        if tx.send(task).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes each request's response in the order the requests arrived.
+async fn write_responses(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<JoinHandle<Outcome>>,
+) -> Result<(), String> {
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(task) = rx.recv().await {
+        if !task.is_finished() {
+            // Nothing more is ready to coalesce with: send what we have.
+            wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
+        }
+        match task.await {
+            Ok(Outcome::Respond(bytes)) => wr
+                .write_all(&bytes)
+                .await
+                .map_err(|e| format!("write failed: {e}"))?,
+            Ok(Outcome::NoResponse) => {}
+            Ok(Outcome::Close(reason)) => {
+                let _ = wr.flush().await;
+                return Err(reason);
+            }
+            Err(e) => {
+                let _ = wr.flush().await;
+                return Err(format!("request handler failed: {e}"));
+            }
+        }
+    }
+    wr.flush().await.map_err(|e| format!("write failed: {e}"))
+}

@@ -1,0 +1,49 @@
+//! The one place where broker and storage errors become Kafka error codes.
+
+use ferry_core::CoreError;
+use ferry_log::LogError;
+use ferry_log::batch::BatchError;
+use kafka_protocol::ResponseError;
+use kafka_protocol::protocol::StrBytes;
+
+/// The Kafka error for a broker error.
+pub(crate) fn kafka_error(e: &CoreError) -> ResponseError {
+    match e {
+        CoreError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        CoreError::UnknownTopic(_) | CoreError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        CoreError::UnknownTopicId(_) => ResponseError::UnknownTopicId,
+        CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        CoreError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        CoreError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        CoreError::Log(log) => log_error(log),
+        CoreError::Catalog { .. } | CoreError::DataDirLocked(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+pub(crate) fn log_error(e: &LogError) -> ResponseError {
+    match e {
+        LogError::InvalidBatch(b) => match b {
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+            BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
+            BatchError::InvalidRecordCount { .. } | BatchError::ControlBatch => {
+                ResponseError::InvalidRecord
+            }
+            BatchError::Empty
+            | BatchError::Truncated { .. }
+            | BatchError::LengthTooSmall(_)
+            | BatchError::UnsupportedMagic(_)
+            | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
+        },
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::Io { .. } | LogError::CorruptSegment { .. } | LogError::NotDurable => {
+            ResponseError::KafkaStorageError
+        }
+    }
+}
+
+pub(crate) fn message(e: &impl std::fmt::Display) -> Option<StrBytes> {
+    Some(StrBytes::from_string(e.to_string()))
+}

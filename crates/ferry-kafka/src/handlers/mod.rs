@@ -1,0 +1,161 @@
+//! Request dispatch: one module per group of APIs. Each handler takes the
+//! decoded request and returns the response struct; this module decodes,
+//! encodes and frames.
+
+mod admin;
+mod configs;
+mod fetch;
+mod groups;
+mod metadata;
+mod offsets;
+mod produce;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
+    FindCoordinatorRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::connection::Ctx;
+use crate::versions;
+
+/// What the connection does after a request.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Respond(Bytes),
+    /// Produce with acks=0.
+    NoResponse,
+    /// The request was malformed: close the connection, as Kafka does.
+    Close(String),
+}
+
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub api_key: ApiKey,
+    pub header: RequestHeader,
+    /// Where the body starts in the frame.
+    pub body_start: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct HeaderError(String);
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Decodes the request header. Unknown API keys and headers that do not
+/// decode close the connection: the broker cannot even tell which response
+/// format the client would understand.
+pub(crate) fn parse_header(frame: &Bytes) -> Result<Request, HeaderError> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api_key = ApiKey::try_from(key)
+        .map_err(|_| HeaderError(format!("unknown API key {key} (version {version})")))?;
+    let header_version = api_key.request_header_version(version);
+    let mut buf = frame.clone();
+    let header = RequestHeader::decode(&mut buf, header_version)
+        .map_err(|e| HeaderError(format!("malformed {api_key:?} v{version} request header: {e}")))?;
+    Ok(Request {
+        api_key,
+        header,
+        body_start: frame.len() - buf.len(),
+    })
+}
+
+/// Frames a response: size, header (v0 for ApiVersions, always), body.
+pub(crate) fn encode_response<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    header_version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let encoded = header
+        .encode(&mut buf, header_version)
+        .and_then(|()| body.encode(&mut buf, version));
+    match encoded {
+        Ok(()) => {
+            let len = (buf.len() - 4) as i32;
+            buf[0..4].copy_from_slice(&len.to_be_bytes());
+            Outcome::Respond(buf.freeze())
+        }
+        Err(e) => Outcome::Close(format!("could not encode {api_key:?} v{version} response: {e}")),
+    }
+}
+
+pub(crate) async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
+    let api_key = request.api_key;
+    let version = request.header.request_api_version;
+    let correlation_id = request.header.correlation_id;
+    let mut body = frame.slice(request.body_start..);
+
+    if api_key == ApiKey::ApiVersions {
+        return versions::handle_api_versions(version, correlation_id, &mut body);
+    }
+    if !versions::is_supported(api_key, version) && !groups::answers_with_error(api_key, version) {
+        return Outcome::Close(format!(
+            "{api_key:?} v{version} is not supported (see ApiVersions)"
+        ));
+    }
+
+    macro_rules! dispatch {
+        ($req:ty, $handler:expr) => {{
+            let req = match <$req>::decode(&mut body, version) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Outcome::Close(format!("malformed {api_key:?} v{version} request: {e}"));
+                }
+            };
+            let response = $handler(ctx, req, version).await;
+            encode_response(
+                api_key,
+                version,
+                api_key.response_header_version(version),
+                correlation_id,
+                &response,
+            )
+        }};
+    }
+
+    match api_key {
+        ApiKey::Produce => {
+            let req = match ProduceRequest::decode(&mut body, version) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("malformed Produce v{version} request: {e}")),
+            };
+            match produce::handle(ctx, req, version).await {
+                Some(response) => encode_response(
+                    api_key,
+                    version,
+                    api_key.response_header_version(version),
+                    correlation_id,
+                    &response,
+                ),
+                None => Outcome::NoResponse,
+            }
+        }
+        ApiKey::Fetch => dispatch!(FetchRequest, fetch::handle),
+        ApiKey::ListOffsets => dispatch!(ListOffsetsRequest, offsets::handle),
+        ApiKey::Metadata => dispatch!(MetadataRequest, metadata::handle),
+        ApiKey::DescribeCluster => dispatch!(DescribeClusterRequest, metadata::describe_cluster),
+        ApiKey::CreateTopics => dispatch!(CreateTopicsRequest, admin::create_topics),
+        ApiKey::DeleteTopics => dispatch!(DeleteTopicsRequest, admin::delete_topics),
+        ApiKey::CreatePartitions => dispatch!(CreatePartitionsRequest, admin::create_partitions),
+        ApiKey::DescribeConfigs => dispatch!(DescribeConfigsRequest, configs::describe),
+        ApiKey::AlterConfigs => dispatch!(AlterConfigsRequest, configs::alter),
+        ApiKey::IncrementalAlterConfigs => {
+            dispatch!(IncrementalAlterConfigsRequest, configs::incremental_alter)
+        }
+        ApiKey::FindCoordinator => dispatch!(FindCoordinatorRequest, groups::find_coordinator),
+        other => groups::unsupported(other, version, correlation_id, &mut body),
+    }
+}

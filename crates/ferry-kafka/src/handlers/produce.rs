@@ -1,0 +1,106 @@
+//! Produce: validate and append each partition's batches, then wait for the
+//! durability the topic's fsync policy promises before acknowledging.
+
+use std::sync::Arc;
+
+use ferry_core::CoreError;
+use ferry_log::{AppendInfo, Log};
+use futures_util::future::join_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use crate::connection::Ctx;
+use crate::errors::{kafka_error, log_error, message};
+
+/// One partition's append, waiting to become durable.
+struct Pending {
+    topic: usize,
+    partition: usize,
+    log: Arc<Log>,
+    info: AppendInfo,
+}
+
+/// Returns `None` for acks=0, which gets no response.
+pub(crate) async fn handle(ctx: &Ctx, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let mut response = ProduceResponse::default();
+    let mut pending = Vec::new();
+    for (t, topic_data) in req.topic_data.into_iter().enumerate() {
+        let name = topic_data.name.0.to_string();
+        let topic = ctx.broker.topic_or_auto_create(&name);
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = topic_data.name;
+        for (p, data) in topic_data.partition_data.into_iter().enumerate() {
+            let mut part = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let result = if !matches!(acks, -1..=1) {
+                Err((ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, not {acks}")))
+            } else {
+                match (&topic, data.records) {
+                    (Err(e), _) => Err((kafka_error(e), e.to_string())),
+                    (Ok(_), None) => Err((ResponseError::CorruptMessage, "no records".to_string())),
+                    (Ok(topic), Some(records)) => match topic.partition(data.index) {
+                        None => {
+                            let e = CoreError::UnknownPartition { topic: name.clone(), partition: data.index };
+                            Err((kafka_error(&e), e.to_string()))
+                        }
+                        Some(log) => log
+                            .append(&records)
+                            .map(|info| (log, info))
+                            .map_err(|e| {
+                                let code = log_error(&e);
+                                if code == ResponseError::KafkaStorageError {
+                                    tracing::error!(topic = %name, partition = data.index, error = %e, "append failed");
+                                } else {
+                                    tracing::debug!(peer = %ctx.peer, topic = %name, partition = data.index, error = %e, "rejected batch");
+                                }
+                                (code, e.to_string())
+                            }),
+                    },
+                }
+            };
+            match result {
+                Ok((log, info)) => {
+                    part.base_offset = info.base_offset;
+                    part.log_start_offset = info.log_start_offset;
+                    pending.push(Pending { topic: t, partition: p, log, info });
+                }
+                Err((code, text)) => {
+                    part.error_code = code.code();
+                    part.error_message = message(&text);
+                }
+            }
+            topic_response.partition_responses.push(part);
+        }
+        response.responses.push(topic_response);
+    }
+
+    if acks == 0 {
+        // Nobody waits for the answer, but under fsync=always the records only
+        // become readable once an fsync covers them.
+        tokio::spawn(async move {
+            for p in pending {
+                if let Err(e) = p.log.wait_durable(&p.info).await {
+                    tracing::warn!(error = %e, "acks=0 append did not become durable");
+                }
+            }
+        });
+        return None;
+    }
+
+    let results = join_all(pending.iter().map(|p| p.log.wait_durable(&p.info))).await;
+    for (p, result) in pending.iter().zip(results) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "append did not become durable");
+            let part = &mut response.responses[p.topic].partition_responses[p.partition];
+            part.error_code = log_error(&e).code();
+            part.error_message = message(&e);
+            part.base_offset = -1;
+        }
+    }
+    Some(response)
+}

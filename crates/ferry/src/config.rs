@@ -1,0 +1,238 @@
+//! Settings for `ferry serve`: built-in defaults, overridden by `ferry.toml`,
+//! overridden by `FERRY_*` environment variables and flags (clap reads both;
+//! a flag wins over its variable).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `ferry serve` flags. Each one can also be set by the environment variable
+/// named beside it, or in the TOML file given with `--config`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with settings (see docs/configuration.md).
+    #[arg(long, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where topics and the catalog are stored [default: ./ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the Kafka listener binds, HOST:PORT [default: 127.0.0.1:9092]. Port 0 picks a free port.
+    #[arg(long, env = "FERRY_KAFKA_LISTEN", value_name = "HOST:PORT")]
+    pub kafka_listen: Option<String>,
+    /// Address Kafka clients are told to connect to, HOST:PORT [default: the listen address].
+    #[arg(long, env = "FERRY_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
+    pub kafka_advertised: Option<String>,
+    /// Create topics that clients produce to or ask about [default: true].
+    #[arg(long, env = "FERRY_AUTO_CREATE_TOPICS", value_name = "BOOL")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of a topic created without a count [default: 1].
+    #[arg(long, env = "FERRY_DEFAULT_PARTITIONS", value_name = "N")]
+    pub default_partitions: Option<u32>,
+    /// Broker-wide topic config default, KEY=VALUE (e.g. fsync.policy=never); repeatable.
+    #[arg(long = "topic-default", env = "FERRY_TOPIC_DEFAULTS", value_name = "KEY=VALUE", value_delimiter = ',')]
+    pub topic_defaults: Vec<String>,
+    /// Largest Kafka request accepted, in bytes [default: 104857600].
+    #[arg(long, env = "FERRY_KAFKA_REQUEST_BYTES_MAX", value_name = "BYTES")]
+    pub kafka_request_bytes_max: Option<usize>,
+    /// How often retention deletes old segments, in ms [default: 60000].
+    #[arg(long, env = "FERRY_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
+    pub retention_check_interval_ms: Option<u64>,
+    /// Log output: human or json [default: human].
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file's shape. Unknown keys are errors, so a typo is reported
+/// instead of silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    kafka: FileKafka,
+    #[serde(default)]
+    topics: FileTopics,
+    #[serde(default)]
+    topic_defaults: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKafka {
+    listen: Option<String>,
+    advertised: Option<String>,
+    request_bytes_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTopics {
+    auto_create: Option<bool>,
+    default_partitions: Option<u32>,
+    retention_check_interval_ms: Option<u64>,
+}
+
+/// Every setting resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub kafka_listen: String,
+    pub kafka_advertised: Option<String>,
+    pub kafka_request_bytes_max: usize,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    pub retention_check_interval_ms: u64,
+    pub topic_defaults: BTreeMap<String, String>,
+    pub log_format: LogFormat,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn toml_scalar(key: &str, v: &toml::Value) -> anyhow::Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("topic_defaults.\"{key}\" must be a string, integer or boolean, not {other}"),
+    })
+}
+
+impl Settings {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut topic_defaults = BTreeMap::new();
+        for (k, v) in &file.topic_defaults {
+            topic_defaults.insert(k.clone(), toml_scalar(k, v)?);
+        }
+        for pair in &args.topic_defaults {
+            let Some((k, v)) = pair.split_once('=') else {
+                bail!("--topic-default takes KEY=VALUE, got '{pair}'");
+            };
+            topic_defaults.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let request_bytes_max = args
+            .kafka_request_bytes_max
+            .or(file.kafka.request_bytes_max)
+            .unwrap_or(100 * 1024 * 1024);
+        if request_bytes_max > i32::MAX as usize {
+            bail!("kafka request_bytes_max must be at most {} (Kafka sizes are 32-bit)", i32::MAX);
+        }
+        Ok(Settings {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            kafka_listen: args
+                .kafka_listen
+                .clone()
+                .or(file.kafka.listen)
+                .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string()),
+            kafka_advertised: args.kafka_advertised.clone().or(file.kafka.advertised),
+            kafka_request_bytes_max: request_bytes_max,
+            auto_create_topics: args.auto_create_topics.or(file.topics.auto_create).unwrap_or(true),
+            default_partitions: args
+                .default_partitions
+                .or(file.topics.default_partitions)
+                .unwrap_or(1),
+            retention_check_interval_ms: args
+                .retention_check_interval_ms
+                .or(file.topics.retention_check_interval_ms)
+                .unwrap_or(60_000),
+            topic_defaults,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+/// Splits `HOST:PORT` (IPv6 hosts in brackets).
+pub fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("'{addr}' is not HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("'{port}' in '{addr}' is not a port number"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/from/file"
+[kafka]
+listen = "0.0.0.0:1111"
+[topics]
+default_partitions = 3
+[topic_defaults]
+"retention.ms" = 1000
+"fsync.policy" = "never"
+"#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            kafka_listen: Some("127.0.0.1:2222".into()),
+            topic_defaults: vec!["retention.ms=5".into()],
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.kafka_listen, "127.0.0.1:2222");
+        assert_eq!(s.default_partitions, 3);
+        assert!(s.auto_create_topics);
+        assert_eq!(s.topic_defaults["retention.ms"], "5");
+        assert_eq!(s.topic_defaults["fsync.policy"], "never");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[kafka]\nlisten_addr = \"x\"\n").unwrap();
+        let err = Settings::resolve(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listen_addr"), "{err:#}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("127.0.0.1:9092").unwrap(), ("127.0.0.1".into(), 9092));
+        assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1".into(), 9092));
+        assert!(split_host_port("nohost").is_err());
+        assert!(split_host_port("h:99999").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! `ferry serve`: open the broker, bind the listeners, run until a signal,
+//! then close every log cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_core::{Broker, BrokerConfig};
+use ferry_kafka::KafkaConfig;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, ServeArgs, Settings, split_host_port};
+
+fn init_logging(format: LogFormat) {
+    // FERRY_LOG takes tracing's filter syntax, e.g. "info,ferry_kafka=debug".
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args)?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn bind(what: &str, addr: &str, flag: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what} listener cannot bind {addr} (choose another address with {flag})"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mut broker_config = BrokerConfig::new(&settings.data_dir);
+    broker_config.auto_create_topics = settings.auto_create_topics;
+    broker_config.default_partitions = settings.default_partitions;
+    broker_config.topic_defaults = settings.topic_defaults.clone();
+    broker_config.retention_check_interval_ms = settings.retention_check_interval_ms;
+
+    // Bind before opening the data directory, so a taken port fails fast.
+    let (kafka_listener, kafka_addr) =
+        bind("kafka", &settings.kafka_listen, "--kafka-listen").await?;
+
+    let data_dir = settings.data_dir.display().to_string();
+    let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
+        .await
+        .context("opening the data directory panicked")?
+        .with_context(|| format!("cannot open data directory {data_dir}"))?;
+    tracing::info!(data_dir = %data_dir, topics = broker.topics().len(), cluster_id = broker.cluster_id(), "broker ready");
+
+    let (adv_host, adv_port) = match &settings.kafka_advertised {
+        Some(a) => split_host_port(a).context("--kafka-advertised")?,
+        None if kafka_addr.ip().is_unspecified() => {
+            tracing::warn!("kafka listens on all interfaces but no --kafka-advertised was given; telling clients 127.0.0.1");
+            ("127.0.0.1".to_string(), kafka_addr.port())
+        }
+        None => (kafka_addr.ip().to_string(), kafka_addr.port()),
+    };
+    let mut kafka_config = KafkaConfig::new(adv_host, adv_port);
+    kafka_config.request_bytes_max = settings.kafka_request_bytes_max;
+
+    let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    let kafka = tokio::spawn(ferry_kafka::serve(kafka_listener, broker.clone(), kafka_config));
+    tracing::info!("kafka listening on {kafka_addr}");
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+    kafka.abort();
+    maintenance.abort();
+    let closing = broker.clone();
+    tokio::task::spawn_blocking(move || closing.shutdown())
+        .await
+        .context("closing the logs panicked")?;
+    tracing::info!("stopped; every log flushed and closed");
+    Ok(())
+}
