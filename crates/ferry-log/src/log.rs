@@ -1,16 +1,59 @@
 //! A log: the ordered list of segments of one partition or queue, the append
 //! path with group commit, reads, timestamp lookups and retention.
 //!
-//! API CONTRACT (implemented by the storage-engine work; signatures are fixed
-//! because ferry-core is written against them).
+//! API CONTRACT: the public signatures are fixed because ferry-core is
+//! written against them.
+//!
+//! Concurrency. All mutable state sits in one `std::sync::Mutex<Inner>`, held
+//! only to decide and to account: readers take it to find segments and byte
+//! ranges, then copy bytes from an `Arc<File>` without it; appenders hold it
+//! for one positional write into the page cache. The only fsyncs under it are
+//! the rare ones of a segment roll and of `close`. Group commit's fsync runs
+//! on the blocking pool under a separate async lock, so appends continue
+//! while it runs and every waiter queued behind it shares the next one.
+//!
+//! Three positions along the log matter, each a [`Mark`]:
+//! - the written end (the active segment's end): where the next batch goes;
+//! - the durable mark: what an fsync has covered;
+//! - the high watermark: what readers may see. Under `FsyncPolicy::Always` it
+//!   is the durable mark (nothing is visible before it is acknowledged);
+//!   otherwise it is the written end.
+//!
+//! Invariants: offsets only grow; every sealed segment was fsynced before the
+//! next one was created, so the durable mark and the high watermark always lie
+//! in the active segment and sealed segments are wholly readable.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
 
-use crate::{Clock, LogConfig, LogError};
+use crate::batch;
+use crate::segment::{self, BatchMeta, Mark, OpenMode, Segment};
+use crate::{Clock, FsyncPolicy, LogConfig, LogError};
+
+/// Written by `close` once everything is fsynced and every index file is
+/// current; removed (durably) before anything else is written. Its presence at
+/// open means the last segment's indexes can be trusted.
+const CLEAN_SHUTDOWN_FILE: &str = ".clean_shutdown";
+/// Generations whose discard point is remembered, so that a waiter from an
+/// older generation can still learn that its append was durable before the
+/// discard. Waiters from generations older than that get `NotDurable`.
+const DISCARDS_REMEMBERED_MAX: usize = 64;
+/// Segments one read may span: bounds the snapshot a read takes under the lock
+/// when `max_bytes` is large and segments are small.
+const READ_SEGMENTS_MAX: usize = 16;
+/// Attempts at a read or timestamp lookup when the log is cut under it (after
+/// a failed fsync) while it copies bytes.
+const READ_ATTEMPTS_MAX: usize = 3;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,30 +92,348 @@ pub struct RetentionOutcome {
     pub log_start_offset: i64,
 }
 
-#[derive(Debug)]
-pub struct Log {
-    _todo: (),
+/// The state behind the log's mutex.
+struct Inner {
+    config: LogConfig,
+    /// Sorted by base offset, never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    durable: Mark,
+    high_watermark: Mark,
+    generation: u64,
+    /// `(generation, offset)`: when `generation` ended, everything below
+    /// `offset` was durable and everything from it on was discarded.
+    discards: VecDeque<(u64, i64)>,
+    last_fsync_ms: i64,
+    clean_marker_present: bool,
 }
 
-#[allow(clippy::todo, unused_variables)]
+impl Inner {
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    /// Bytes of `segment` readers may see.
+    fn readable_end(&self, segment: &Segment) -> u64 {
+        let hw = &self.high_watermark;
+        if segment.base_offset < hw.segment_base {
+            segment.size
+        } else if segment.base_offset == hw.segment_base {
+            hw.size
+        } else {
+            0
+        }
+    }
+
+    /// The index of the segment that would hold `offset`: the last one whose
+    /// base offset is not above it.
+    fn segment_for(&self, offset: i64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+}
+
+/// An fsync to run: the active segment's file and how far it was written when
+/// the fsync was decided.
+struct SyncPoint {
+    file: Arc<File>,
+    path: PathBuf,
+    end: Mark,
+    generation: u64,
+}
+
+/// What a read copies, decided under the lock.
+struct ReadRange {
+    file: Arc<File>,
+    path: PathBuf,
+    /// A batch boundary at or before the first batch wanted.
+    from: u64,
+    /// The readable end of the segment (a batch boundary).
+    end: u64,
+}
+
+struct ReadPlan {
+    ranges: Vec<ReadRange>,
+    high_watermark: i64,
+    log_start_offset: i64,
+    generation: u64,
+}
+
+/// Failure injection for tests: the disk errors that are hard to cause for real.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestHooks {
+    pub fail_next_sync: std::sync::atomic::AtomicBool,
+    pub fail_next_write: std::sync::atomic::AtomicBool,
+    pub syncs: std::sync::atomic::AtomicU64,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<Inner>,
+    /// Serialises group-commit fsyncs: a waiter that gets it after another
+    /// fsync finished usually finds its append already covered.
+    sync_lock: tokio::sync::Mutex<()>,
+    high_watermark_tx: watch::Sender<i64>,
+    /// `config.max_batch_bytes`, readable without the lock because batches are
+    /// validated before it is taken.
+    max_batch_bytes: AtomicU32,
+    #[cfg(test)]
+    pub(crate) hooks: TestHooks,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("high_watermark", &*self.high_watermark_tx.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering it first.
     pub fn open(dir: &Path, config: LogConfig, clock: Arc<dyn Clock>) -> Result<Log, LogError> {
-        todo!()
+        let dir_err = |e| LogError::io(dir, e);
+        fs::create_dir_all(dir).map_err(dir_err)?;
+        let now = clock.now_ms();
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = match fs::symlink_metadata(&marker) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(LogError::io(&marker, e)),
+        };
+
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if segment::is_stale_index_temp(name) {
+                // Left by a crash while an index file was being replaced; the
+                // index it was replacing is either intact or rebuilt below.
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale index file");
+                }
+                continue;
+            }
+            let Some(base) = segment::parse_log_file_name(name) else {
+                continue;
+            };
+            if !entry.file_type().map_err(dir_err)?.is_file() {
+                tracing::warn!(path = %entry.path().display(), "ignoring a segment name that is not a file");
+                continue;
+            }
+            bases.push(base);
+        }
+        bases.sort_unstable();
+
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        for (i, &base) in bases.iter().enumerate() {
+            let mode = if i + 1 < bases.len() {
+                OpenMode::Sealed
+            } else if clean {
+                OpenMode::ActiveTrusted
+            } else {
+                OpenMode::ActiveRecover
+            };
+            let path = dir.join(segment::log_file_name(base));
+            let (seg, _recovery) =
+                Segment::open_existing(&path, base, mode, config.index_interval_bytes, now)?;
+            if let Some(prev) = segments.last() {
+                if prev.next_offset > seg.base_offset {
+                    return Err(LogError::CorruptSegment {
+                        path: prev.path.clone(),
+                        position: prev.size,
+                        reason: format!(
+                            "holds offsets up to {} but the next segment starts at {}",
+                            prev.next_offset - 1,
+                            seg.base_offset
+                        ),
+                    });
+                }
+                if prev.next_offset < seg.base_offset {
+                    tracing::info!(
+                        segment = %seg.path.display(),
+                        missing_from = prev.next_offset,
+                        "offsets before this segment are missing from the log"
+                    );
+                }
+            }
+            segments.push(seg);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, 0)?);
+        }
+
+        // What was kept is made durable now, so that the durable mark can
+        // start at the end of the log: after a crash of the process alone the
+        // last writes may still sit in the page cache only.
+        let active = segments
+            .last()
+            .expect("a segment was pushed if there were none");
+        active
+            .file
+            .sync_data()
+            .map_err(|e| LogError::io(&active.path, e))?;
+        if clean {
+            match fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io(&marker, e)),
+            }
+        }
+        // Makes the new segment file, the rebuilt index files and the marker's
+        // removal durable at once.
+        segment::sync_dir(dir).map_err(dir_err)?;
+
+        let end = active.mark();
+        let log_start_offset = segments[0].base_offset;
+        tracing::info!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            log_start_offset,
+            log_end_offset = end.next_offset,
+            clean_shutdown = clean,
+            "opened log"
+        );
+        let (high_watermark_tx, _) = watch::channel(end.next_offset);
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            clock,
+            max_batch_bytes: AtomicU32::new(config.max_batch_bytes),
+            inner: Mutex::new(Inner {
+                config,
+                segments,
+                log_start_offset,
+                durable: end,
+                high_watermark: end,
+                generation: 0,
+                discards: VecDeque::new(),
+                last_fsync_ms: now,
+                clean_marker_present: false,
+            }),
+            sync_lock: tokio::sync::Mutex::new(()),
+            high_watermark_tx,
+            #[cfg(test)]
+            hooks: TestHooks::default(),
+        })
     }
 
     /// Validates `records` (one or more v2 batches from a producer), assigns
     /// offsets and writes them. Not yet durable nor visible to readers under
     /// `FsyncPolicy::Always`: call [`Log::wait_durable`].
     pub fn append(&self, records: &[u8]) -> Result<AppendInfo, LogError> {
-        todo!()
+        let max_batch_bytes = self.max_batch_bytes.load(Ordering::Relaxed) as usize;
+        let headers = batch::validate_for_append(records, max_batch_bytes)?;
+        let record_count: i64 = headers
+            .iter()
+            .map(|h| i64::from(h.last_offset_delta) + 1)
+            .sum();
+        // Copied before the lock is taken; under it, assigning offsets only
+        // rewrites 12 bytes per batch.
+        let mut buf = records.to_vec();
+        let now = self.clock.now_ms();
+
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.clean_marker_present {
+            self.remove_clean_marker(inner)?;
+        }
+        if Self::should_roll(inner, now, buf.len() as u64, record_count) {
+            self.roll(inner, now)?;
+        }
+        let index_interval_bytes = inner.config.index_interval_bytes;
+        let visible_when_written = inner.config.fsync != FsyncPolicy::Always;
+        let segment = inner.active_mut();
+        let base_offset = segment.next_offset;
+        let start = segment.size;
+        let mut metas = Vec::with_capacity(headers.len());
+        let mut at = 0usize;
+        let mut next_offset = base_offset;
+        for header in &headers {
+            let len = header.total_len();
+            batch::assign(&mut buf[at..at + len], next_offset, 0);
+            let last_offset = next_offset + i64::from(header.last_offset_delta);
+            metas.push(BatchMeta {
+                position: start + at as u64,
+                len: len as u64,
+                base_offset: next_offset,
+                last_offset,
+                max_timestamp: header.max_timestamp,
+            });
+            next_offset = last_offset + 1;
+            at += len;
+        }
+        if let Err(e) = self.write_at(&segment.file, &buf, start) {
+            // Cut off whatever part of the write reached the file, so that the
+            // file ends where the log says it does; once space returns the
+            // next append starts from a clean end.
+            if let Err(cut) = segment.file.set_len(start) {
+                tracing::warn!(
+                    segment = %segment.path.display(),
+                    position = start,
+                    error = %cut,
+                    "could not cut a failed write; the next append overwrites it"
+                );
+            }
+            return Err(LogError::io(&segment.path, e));
+        }
+        for meta in &metas {
+            segment.record_batch(meta, index_interval_bytes);
+        }
+        if segment.first_append_ms.is_none() {
+            segment.first_append_ms = Some(now);
+        }
+        let end = segment.mark();
+        if visible_when_written {
+            inner.high_watermark = end;
+            self.publish(inner);
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next_offset - 1,
+            log_start_offset: inner.log_start_offset,
+            generation: inner.generation,
+        })
     }
 
     /// Resolves once the append is durable under this log's policy (group
     /// commit for `Always`: one fsync covers every append waiting). Under
     /// `Always`, readers see the batch only after this point.
     pub async fn wait_durable(&self, info: &AppendInfo) -> Result<(), LogError> {
-        todo!()
+        if let Some(settled) = self.durability(info) {
+            return settled;
+        }
+        let _turn = self.sync_lock.lock().await;
+        // Whoever held the lock before may have covered this append already.
+        if let Some(settled) = self.durability(info) {
+            return settled;
+        }
+        let Some(point) = self.capture_sync() else {
+            // Pending, yet nothing is written past the durable mark: the
+            // append is not in this log.
+            return Err(LogError::NotDurable);
+        };
+        let job = self.sync_job(Arc::clone(&point.file));
+        let result = tokio::task::spawn_blocking(job)
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        {
+            let mut guard = self.lock();
+            self.finish_sync(&mut guard, point, result)?;
+        }
+        self.durability(info).unwrap_or(Err(LogError::NotDurable))
     }
 
     /// Reads whole batches starting with the one containing `offset`, at most
@@ -85,71 +446,665 @@ impl Log {
         max_bytes: usize,
         min_one_batch: bool,
     ) -> Result<ReadResult, LogError> {
-        todo!()
+        for _ in 0..READ_ATTEMPTS_MAX {
+            let plan = self.plan_read(offset, max_bytes)?;
+            let records = copy_batches(&plan, offset, max_bytes as u64, min_one_batch);
+            // A failed fsync may have cut the active segment while the bytes
+            // were copied; what was read may then mix old and new data.
+            if self.lock().generation == plan.generation {
+                return records.map(|records| ReadResult {
+                    records,
+                    high_watermark: plan.high_watermark,
+                    log_start_offset: plan.log_start_offset,
+                });
+            }
+        }
+        Err(self.truncated_under_reads())
     }
 
     /// The offset and timestamp of the first record whose timestamp is at
     /// least `timestamp`, or `None` if every readable record is older.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampOffset>, LogError> {
-        todo!()
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        for _ in 0..READ_ATTEMPTS_MAX {
+            let (range, generation) = {
+                let inner = self.lock();
+                // Segments are in offset order and each knows its largest
+                // timestamp, so the first one reaching `timestamp` holds the
+                // answer if any readable batch does.
+                let Some(seg) = inner
+                    .segments
+                    .iter()
+                    .find(|s| s.max_timestamp().is_some_and(|t| t >= timestamp))
+                else {
+                    return Ok(None);
+                };
+                let end = inner.readable_end(seg);
+                let from = seg
+                    .time_index
+                    .lookup(timestamp)
+                    .map_or(0, |rel| u64::from(seg.offset_index.lookup(rel)))
+                    .min(end);
+                let range = ReadRange {
+                    file: Arc::clone(&seg.file),
+                    path: seg.path.clone(),
+                    from,
+                    end,
+                };
+                (range, inner.generation)
+            };
+            let found = find_by_timestamp(&range, timestamp);
+            if self.lock().generation == generation {
+                return found;
+            }
+        }
+        Err(self.truncated_under_reads())
     }
 
     /// The largest record timestamp in the readable log, if any.
     pub fn max_timestamp(&self) -> Option<i64> {
-        todo!()
+        let inner = self.lock();
+        let hw = &inner.high_watermark;
+        inner
+            .segments
+            .iter()
+            .filter(|s| s.base_offset < hw.segment_base)
+            .filter_map(|s| s.max_timestamp())
+            .chain(hw.max_timestamp.map(|(ts, _)| ts))
+            .max()
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        todo!()
+        self.lock().log_start_offset
     }
 
     /// The first offset not yet readable.
     pub fn high_watermark(&self) -> i64 {
-        todo!()
+        // Published under the lock whenever it moves, so this needs no lock.
+        *self.high_watermark_tx.borrow()
     }
 
     /// The offset the next append will get.
     pub fn log_end_offset(&self) -> i64 {
-        todo!()
+        self.lock().active().next_offset
     }
 
     /// Watches the high watermark, for long-polling readers.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        todo!()
+        self.high_watermark_tx.subscribe()
     }
 
     /// Total bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
-        todo!()
+        self.lock().segments.iter().map(|s| s.size).sum()
     }
 
     pub fn config(&self) -> LogConfig {
-        todo!()
+        self.lock().config.clone()
     }
 
     pub fn set_config(&self, config: LogConfig) {
-        todo!()
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let was_always = inner.config.fsync == FsyncPolicy::Always;
+        self.max_batch_bytes
+            .store(config.max_batch_bytes, Ordering::Relaxed);
+        inner.config = config;
+        if was_always && inner.config.fsync != FsyncPolicy::Always {
+            // Without group commit, what is written is visible.
+            inner.high_watermark = inner.active().mark();
+            self.publish(inner);
+        }
     }
 
     /// Deletes whole segments past `retention.ms` / `retention.bytes`.
     pub fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
-        todo!()
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let retention_ms = inner.config.retention_ms;
+        let retention_bytes = inner.config.retention_bytes;
+        let expired = |seg: &Segment| {
+            retention_ms.is_some_and(|ms| {
+                seg.max_timestamp()
+                    .is_some_and(|ts| ts < now.saturating_sub(ms))
+            })
+        };
+
+        // Only sealed segments are deleted; an active segment whose every
+        // record has expired is sealed first, so that it can go too.
+        if !inner.active().is_empty() && expired(inner.active()) {
+            self.roll(inner, now)?;
+        }
+
+        let mut outcome = RetentionOutcome::default();
+        let mut total_bytes: u64 = inner.segments.iter().map(|s| s.size).sum();
+        while inner.segments.len() > 1 {
+            let oldest = &inner.segments[0];
+            // Kafka's rule: delete the oldest segment while the log would
+            // still be at least `retention.bytes` without it.
+            let over_size = retention_bytes.is_some_and(|limit| total_bytes - oldest.size >= limit);
+            if !(oldest.is_empty() || expired(oldest) || over_size) {
+                break;
+            }
+            oldest
+                .delete_files()
+                .map_err(|e| LogError::io(&oldest.path, e))?;
+            let deleted = inner.segments.remove(0);
+            total_bytes -= deleted.size;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += deleted.size;
+            inner.log_start_offset = inner.segments[0].base_offset.max(inner.log_start_offset);
+            tracing::info!(
+                segment = %deleted.path.display(),
+                bytes = deleted.size,
+                log_start_offset = inner.log_start_offset,
+                "deleted segment past retention"
+            );
+        }
+        outcome.log_start_offset = inner.log_start_offset;
+        Ok(outcome)
     }
 
     /// Under `FsyncPolicy::Interval`, fsyncs if the interval has elapsed since
     /// the last fsync; returns whether it did. Blocking.
     pub fn flush_if_due(&self) -> Result<bool, LogError> {
-        todo!()
+        let now = self.clock.now_ms();
+        let point = {
+            let inner = self.lock();
+            let FsyncPolicy::Interval { interval_ms } = inner.config.fsync else {
+                return Ok(false);
+            };
+            let interval_ms = i64::try_from(interval_ms).unwrap_or(i64::MAX);
+            if now.saturating_sub(inner.last_fsync_ms) < interval_ms {
+                return Ok(false);
+            }
+            Self::capture_locked(&inner)
+        };
+        let Some(point) = point else {
+            return Ok(false);
+        };
+        let result = self.sync_job(Arc::clone(&point.file))();
+        let mut guard = self.lock();
+        self.finish_sync(&mut guard, point, result)?;
+        Ok(true)
     }
 
     /// Fsyncs everything written so far. Blocking.
     pub fn flush(&self) -> Result<(), LogError> {
-        todo!()
+        let Some(point) = self.capture_sync() else {
+            return Ok(());
+        };
+        let result = self.sync_job(Arc::clone(&point.file))();
+        let mut guard = self.lock();
+        self.finish_sync(&mut guard, point, result)
     }
 
     /// Flushes, writes the indexes and marks a clean shutdown, so the next
     /// open need not rescan. Blocking.
     pub fn close(&self) -> Result<(), LogError> {
-        todo!()
+        // Everything happens under the lock: the marker promises that the
+        // data is fsynced and the index files current, and an append slipping
+        // in between would break that promise.
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(point) = Self::capture_locked(inner) {
+            let result = self.sync_job(Arc::clone(&point.file))();
+            self.finish_sync(inner, point, result)?;
+        }
+        for seg in inner.segments.iter_mut().filter(|s| !s.index_files_current) {
+            seg.write_index_files()
+                .map_err(|e| LogError::io(seg.index_path(), e))?;
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| LogError::io(&marker, e))?;
+        segment::sync_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
+        inner.clean_marker_present = true;
+        tracing::debug!(dir = %self.dir.display(), "log closed cleanly");
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock means a broken invariant; carrying on with
+        // the state it left behind could corrupt the log.
+        self.inner
+            .lock()
+            .expect("ferry-log: a thread panicked while holding the log lock")
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let hw = inner.high_watermark.next_offset;
+        self.high_watermark_tx.send_if_modified(|current| {
+            let changed = *current != hw;
+            *current = hw;
+            changed
+        });
+    }
+
+    fn truncated_under_reads(&self) -> LogError {
+        LogError::io(
+            &self.dir,
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the log was cut back under every read attempt",
+            ),
+        )
+    }
+
+    fn remove_clean_marker(&self, inner: &mut Inner) -> Result<(), LogError> {
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io(&marker, e)),
+        }
+        segment::sync_dir(&self.dir).map_err(|e| LogError::io(&self.dir, e))?;
+        inner.clean_marker_present = false;
+        Ok(())
+    }
+
+    fn should_roll(inner: &Inner, now: i64, incoming_bytes: u64, incoming_records: i64) -> bool {
+        let active = inner.active();
+        if active.is_empty() {
+            return false;
+        }
+        let config = &inner.config;
+        let size_after = active.size + incoming_bytes;
+        let too_large = size_after > config.segment_bytes;
+        // Index entries hold positions and relative offsets as u32.
+        let positions_overflow = size_after > u64::from(u32::MAX);
+        let offsets_overflow =
+            active.next_offset + incoming_records - 1 - active.base_offset > i64::from(u32::MAX);
+        let too_old = active
+            .first_append_ms
+            .is_some_and(|first| now.saturating_sub(first) >= config.segment_ms);
+        too_large || positions_overflow || offsets_overflow || too_old
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset.
+    fn roll(&self, inner: &mut Inner, now: i64) -> Result<(), LogError> {
+        let (file, path) = {
+            let active = inner.active();
+            (Arc::clone(&active.file), active.path.clone())
+        };
+        // Recovery verifies only the last segment, so a segment must be on
+        // disk before another is started after it. This fsync holds the lock,
+        // stalling appends for its duration; rolls are rare enough for that.
+        if let Err(e) = self.sync_job(file)() {
+            self.discard_undurable(inner);
+            return Err(LogError::io(&path, e));
+        }
+        inner.last_fsync_ms = now;
+        let sealed_end = inner.active().mark();
+        self.advance_durable(inner, sealed_end);
+
+        let next_base = {
+            let sealed = inner.active_mut();
+            if let Err(e) = sealed.write_index_files() {
+                tracing::warn!(
+                    segment = %sealed.path.display(),
+                    error = %e,
+                    "could not write index files of a sealed segment; they will be rebuilt at open"
+                );
+            }
+            sealed.next_offset
+        };
+        let new = Segment::create(&self.dir, next_base)?;
+        if let Err(e) = segment::sync_dir(&self.dir) {
+            // Without a durable directory entry the new segment, and what is
+            // acknowledged in it, could vanish in a crash: do not use it.
+            if let Err(remove) = fs::remove_file(&new.path) {
+                tracing::warn!(segment = %new.path.display(), error = %remove, "could not remove an unusable new segment");
+            }
+            return Err(LogError::io(&self.dir, e));
+        }
+        let start = new.mark();
+        inner.segments.push(new);
+        // Everything before the new segment is durable, hence visible under
+        // every policy.
+        inner.durable = start;
+        inner.high_watermark = start;
+        self.publish(inner);
+        tracing::info!(
+            sealed = %path.display(),
+            base_offset = next_base,
+            "rolled to a new segment"
+        );
+        Ok(())
+    }
+
+    /// Moves the durable mark forward to `end` (never back) and, under group
+    /// commit, the high watermark with it.
+    fn advance_durable(&self, inner: &mut Inner, end: Mark) {
+        if end.is_after(&inner.durable) {
+            inner.durable = end;
+        }
+        if inner.config.fsync == FsyncPolicy::Always
+            && inner.durable.is_after(&inner.high_watermark)
+        {
+            inner.high_watermark = inner.durable;
+            self.publish(inner);
+        }
+    }
+
+    /// After a failed fsync nothing past the durable mark can be trusted to
+    /// reach the disk (the kernel may have dropped the dirty pages), so it is
+    /// discarded: the active segment is cut back to the durable mark and the
+    /// generation bumped, failing the waiters of everything discarded.
+    fn discard_undurable(&self, inner: &mut Inner) {
+        let durable = inner.durable;
+        // A roll makes everything before the new segment durable, so no
+        // segment starts after the durable mark; if one did, its data would
+        // not be durable either.
+        while inner.segments.len() > 1 && inner.active().base_offset > durable.segment_base {
+            if let Some(seg) = inner.segments.pop()
+                && let Err(e) = seg.delete_files()
+            {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "could not delete a discarded segment");
+            }
+        }
+        let active = inner.active_mut();
+        if active.base_offset == durable.segment_base {
+            let discarded_bytes = active.size - durable.size;
+            let discarded_offsets = (durable.next_offset, active.next_offset);
+            if let Err(e) = active.file.set_len(durable.size) {
+                tracing::error!(
+                    segment = %active.path.display(),
+                    error = %e,
+                    "could not cut back the active segment; the next append overwrites the rest"
+                );
+            }
+            active.restore(&durable);
+            tracing::warn!(
+                segment = %active.path.display(),
+                position = durable.size,
+                discarded_bytes,
+                discarded_from_offset = discarded_offsets.0,
+                discarded_to_offset = discarded_offsets.1,
+                "fsync failed: discarded everything written after the last durable point"
+            );
+        } else {
+            tracing::error!(
+                segment = %active.path.display(),
+                durable_segment = durable.segment_base,
+                "durable mark outside the active segment; nothing discarded"
+            );
+        }
+        inner
+            .discards
+            .push_back((inner.generation, durable.next_offset));
+        if inner.discards.len() > DISCARDS_REMEMBERED_MAX {
+            inner.discards.pop_front();
+        }
+        inner.generation += 1;
+        // Under `Interval`/`Never` readers may have seen what was discarded;
+        // they now get OffsetOutOfRange past the new end and fetch again.
+        if inner.high_watermark.is_after(&durable) {
+            inner.high_watermark = durable;
+        }
+        self.publish(inner);
+    }
+
+    /// `Some(result)` once an append's fate is settled, `None` while it waits
+    /// for an fsync.
+    fn durability(&self, info: &AppendInfo) -> Option<Result<(), LogError>> {
+        let inner = self.lock();
+        if info.generation == inner.generation {
+            let covered = info.last_offset < inner.durable.next_offset;
+            if covered || inner.config.fsync != FsyncPolicy::Always {
+                return Some(Ok(()));
+            }
+            return None;
+        }
+        // An older generation ended with a discard; what lay below the
+        // discard point was durable and stays so.
+        let kept_below = inner
+            .discards
+            .iter()
+            .find(|(generation, _)| *generation == info.generation)
+            .map(|(_, offset)| *offset);
+        match kept_below {
+            Some(kept) if info.generation < inner.generation && info.last_offset < kept => {
+                Some(Ok(()))
+            }
+            _ => Some(Err(LogError::NotDurable)),
+        }
+    }
+
+    fn capture_sync(&self) -> Option<SyncPoint> {
+        Self::capture_locked(&self.lock())
+    }
+
+    /// What an fsync of the active segment would cover now, or `None` if the
+    /// durable mark is already at the written end.
+    fn capture_locked(inner: &Inner) -> Option<SyncPoint> {
+        let active = inner.active();
+        let end = active.mark();
+        if !end.is_after(&inner.durable) {
+            return None;
+        }
+        Some(SyncPoint {
+            file: Arc::clone(&active.file),
+            path: active.path.clone(),
+            end,
+            generation: inner.generation,
+        })
+    }
+
+    /// Accounts for an fsync that covered `point`: on success the durable
+    /// mark (and under `Always` the high watermark) moves up to it; on failure
+    /// what it should have covered is discarded, unless a newer generation
+    /// already did so.
+    fn finish_sync(
+        &self,
+        inner: &mut Inner,
+        point: SyncPoint,
+        result: io::Result<()>,
+    ) -> Result<(), LogError> {
+        match result {
+            Ok(()) => {
+                inner.last_fsync_ms = self.clock.now_ms();
+                if point.generation == inner.generation {
+                    self.advance_durable(inner, point.end);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if point.generation == inner.generation {
+                    self.discard_undurable(inner);
+                }
+                Err(LogError::io(&point.path, e))
+            }
+        }
+    }
+
+    /// The fsync of one segment file, as a job for the blocking pool or to run
+    /// in place.
+    fn sync_job(&self, file: Arc<File>) -> impl FnOnce() -> io::Result<()> + Send + 'static {
+        #[cfg(test)]
+        let injected = {
+            self.hooks.syncs.fetch_add(1, Ordering::SeqCst);
+            self.hooks.fail_next_sync.swap(false, Ordering::SeqCst)
+        };
+        #[cfg(not(test))]
+        let injected = false;
+        move || {
+            if injected {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            file.sync_data()
+        }
+    }
+
+    fn write_at(&self, file: &File, buf: &[u8], position: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.hooks.fail_next_write.swap(false, Ordering::SeqCst) {
+            // A disk that fills up half way through the write.
+            file.write_all_at(&buf[..buf.len() / 2], position)?;
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected ENOSPC",
+            ));
+        }
+        file.write_all_at(buf, position)
+    }
+
+    fn plan_read(&self, offset: i64, max_bytes: usize) -> Result<ReadPlan, LogError> {
+        let inner = self.lock();
+        let high_watermark = inner.high_watermark.next_offset;
+        let log_start_offset = inner.log_start_offset;
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start_offset,
+                log_end_offset: high_watermark,
+            });
+        }
+        let mut plan = ReadPlan {
+            ranges: Vec::new(),
+            high_watermark,
+            log_start_offset,
+            generation: inner.generation,
+        };
+        if offset == high_watermark {
+            return Ok(plan);
+        }
+        let first = inner.segment_for(offset);
+        let mut planned_bytes = 0u64;
+        for (k, seg) in inner.segments[first..].iter().enumerate() {
+            if seg.base_offset > inner.high_watermark.segment_base {
+                break;
+            }
+            let end = inner.readable_end(seg);
+            let from = if k == 0 {
+                u64::from(seg.offset_index.lookup(seg.relative(offset))).min(end)
+            } else {
+                0
+            };
+            plan.ranges.push(ReadRange {
+                file: Arc::clone(&seg.file),
+                path: seg.path.clone(),
+                from,
+                end,
+            });
+            planned_bytes += end - from;
+            if planned_bytes >= max_bytes as u64 || plan.ranges.len() >= READ_SEGMENTS_MAX {
+                break;
+            }
+        }
+        Ok(plan)
     }
 }
+
+/// Copies whole batches from the planned ranges, without the log's lock:
+/// skips the batches before `offset`, then takes batches while they fit in
+/// `max_bytes` (the first one regardless if `min_one_batch`).
+fn copy_batches(
+    plan: &ReadPlan,
+    offset: i64,
+    max_bytes: u64,
+    min_one_batch: bool,
+) -> Result<Bytes, LogError> {
+    // (range, start position, length) of each run of bytes to copy.
+    let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+    let mut total = 0u64;
+    let mut found = false;
+    'ranges: for (i, range) in plan.ranges.iter().enumerate() {
+        let mut pos = range.from;
+        if !found {
+            loop {
+                if pos >= range.end {
+                    continue 'ranges;
+                }
+                let batch = segment::peek_batch(&range.file, &range.path, pos, range.end)?;
+                if batch.last_offset >= offset {
+                    break;
+                }
+                pos += batch.len;
+            }
+            found = true;
+        }
+        let start = pos;
+        let mut full = false;
+        while pos < range.end {
+            let batch = segment::peek_batch(&range.file, &range.path, pos, range.end)?;
+            let fits = total + batch.len <= max_bytes || (total == 0 && min_one_batch);
+            if !fits {
+                full = true;
+                break;
+            }
+            total += batch.len;
+            pos += batch.len;
+        }
+        if pos > start {
+            pieces.push((i, start, pos - start));
+        }
+        if full {
+            break;
+        }
+    }
+    // `total` is at most `max_bytes` (a usize) or one stored batch.
+    let mut buf = vec![0u8; total as usize];
+    let mut at = 0usize;
+    for (i, start, len) in pieces {
+        let range = &plan.ranges[i];
+        let len = len as usize;
+        range
+            .file
+            .read_exact_at(&mut buf[at..at + len], start)
+            .map_err(|e| LogError::io(&range.path, e))?;
+        at += len;
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Walks the batches of `range` to the first whose max timestamp reaches
+/// `timestamp`, then decodes it (decompressing if need be; this call is rare)
+/// to find the first record that does.
+fn find_by_timestamp(
+    range: &ReadRange,
+    timestamp: i64,
+) -> Result<Option<TimestampOffset>, LogError> {
+    let mut pos = range.from;
+    while pos < range.end {
+        let header = segment::read_header(&range.file, &range.path, pos, range.end)?;
+        let len = header.total_len() as u64;
+        if header.max_timestamp >= timestamp {
+            if header.is_log_append_time() {
+                // Log-append time gives every record the batch's timestamp.
+                return Ok(Some(TimestampOffset {
+                    offset: header.base_offset,
+                    timestamp: header.max_timestamp,
+                }));
+            }
+            let mut bytes = vec![0u8; len as usize];
+            range
+                .file
+                .read_exact_at(&mut bytes, pos)
+                .map_err(|e| LogError::io(&range.path, e))?;
+            let mut bytes = Bytes::from(bytes);
+            let set =
+                RecordBatchDecoder::decode(&mut bytes).map_err(|e| LogError::CorruptSegment {
+                    path: range.path.clone(),
+                    position: pos,
+                    reason: format!("cannot decode the records of the batch: {e}"),
+                })?;
+            if let Some(record) = set.records.iter().find(|r| r.timestamp >= timestamp) {
+                return Ok(Some(TimestampOffset {
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                }));
+            }
+            // The header's max timestamp overstated its records; look on.
+        }
+        pos += len;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;
