@@ -179,12 +179,10 @@ pub(crate) struct TestHooks {
 
 pub struct Log {
     dir: PathBuf,
-    clock: Arc<dyn Clock>,
-    inner: Mutex<Inner>,
+    core: Arc<Core>,
     /// Serialises group-commit fsyncs: a waiter that gets it after another
     /// fsync finished usually finds its append already covered.
     sync_lock: tokio::sync::Mutex<()>,
-    high_watermark_tx: watch::Sender<i64>,
     /// `config.max_batch_bytes`, readable without the lock because batches are
     /// validated before it is taken.
     max_batch_bytes: AtomicU32,
@@ -192,11 +190,139 @@ pub struct Log {
     pub(crate) hooks: TestHooks,
 }
 
+/// The state an fsync job finishes with: shared with the blocking pool, so
+/// that an fsync's outcome is accounted for even if its waiter is cancelled
+/// (Linux reports a writeback error to one fsync only; a failure nobody saw
+/// would let the next successful fsync vouch for lost data).
+struct Core {
+    inner: Mutex<Inner>,
+    high_watermark_tx: watch::Sender<i64>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock means a broken invariant; carrying on with
+        // the state it left behind could corrupt the log.
+        self.inner
+            .lock()
+            .expect("ferry-log: a thread panicked while holding the log lock")
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let hw = inner.high_watermark.next_offset;
+        self.high_watermark_tx.send_if_modified(|current| {
+            let changed = *current != hw;
+            *current = hw;
+            changed
+        });
+    }
+
+    /// Moves the durable mark forward to `end` (never back) and, under group
+    /// commit, the high watermark with it.
+    fn advance_durable(&self, inner: &mut Inner, end: Mark) {
+        if end.is_after(&inner.durable) {
+            inner.durable = end;
+        }
+        if inner.config.fsync == FsyncPolicy::Always
+            && inner.durable.is_after(&inner.high_watermark)
+        {
+            inner.high_watermark = inner.durable;
+            self.publish(inner);
+        }
+    }
+
+    /// After a failed fsync nothing past the durable mark can be trusted to
+    /// reach the disk (the kernel may have dropped the dirty pages), so it is
+    /// discarded: the active segment is cut back to the durable mark and the
+    /// generation bumped, failing the waiters of everything discarded.
+    fn discard_undurable(&self, inner: &mut Inner) {
+        let durable = inner.durable;
+        // A roll makes everything before the new segment durable, so no
+        // segment starts after the durable mark; if one did, its data would
+        // not be durable either.
+        while inner.segments.len() > 1 && inner.active().base_offset > durable.segment_base {
+            if let Some(seg) = inner.segments.pop()
+                && let Err(e) = seg.delete_files()
+            {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "could not delete a discarded segment");
+            }
+        }
+        let active = inner.active_mut();
+        if active.base_offset == durable.segment_base {
+            let discarded_bytes = active.size - durable.size;
+            let discarded_offsets = (durable.next_offset, active.next_offset);
+            if let Err(e) = active.file.set_len(durable.size) {
+                tracing::error!(
+                    segment = %active.path.display(),
+                    error = %e,
+                    "could not cut back the active segment; the next append overwrites the rest"
+                );
+            }
+            active.restore(&durable);
+            tracing::warn!(
+                segment = %active.path.display(),
+                position = durable.size,
+                discarded_bytes,
+                discarded_from_offset = discarded_offsets.0,
+                discarded_to_offset = discarded_offsets.1,
+                "fsync failed: discarded everything written after the last durable point"
+            );
+        } else {
+            tracing::error!(
+                segment = %active.path.display(),
+                durable_segment = durable.segment_base,
+                "durable mark outside the active segment; nothing discarded"
+            );
+        }
+        inner
+            .discards
+            .push_back((inner.generation, durable.next_offset));
+        if inner.discards.len() > DISCARDS_REMEMBERED_MAX {
+            inner.discards.pop_front();
+        }
+        inner.generation += 1;
+        // Under `Interval`/`Never` readers may have seen what was discarded;
+        // they now get OffsetOutOfRange past the new end and fetch again.
+        if inner.high_watermark.is_after(&durable) {
+            inner.high_watermark = durable;
+        }
+        self.publish(inner);
+    }
+
+    /// Accounts for an fsync that covered `point`: on success the durable
+    /// mark (and under `Always` the high watermark) moves up to it; on failure
+    /// what it should have covered is discarded, unless a newer generation
+    /// already did so.
+    fn finish_sync(
+        &self,
+        inner: &mut Inner,
+        point: SyncPoint,
+        result: io::Result<()>,
+    ) -> Result<(), LogError> {
+        match result {
+            Ok(()) => {
+                inner.last_fsync_ms = self.clock.now_ms();
+                if point.generation == inner.generation {
+                    self.advance_durable(inner, point.end);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if point.generation == inner.generation {
+                    self.discard_undurable(inner);
+                }
+                Err(LogError::io(&point.path, e))
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Log {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Log")
             .field("dir", &self.dir)
-            .field("high_watermark", &*self.high_watermark_tx.borrow())
+            .field("high_watermark", &*self.core.high_watermark_tx.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -308,23 +434,26 @@ impl Log {
             "opened log"
         );
         let (high_watermark_tx, _) = watch::channel(end.next_offset);
+        let inner = Inner {
+            config,
+            segments,
+            log_start_offset,
+            durable: end,
+            high_watermark: end,
+            generation: 0,
+            discards: VecDeque::new(),
+            last_fsync_ms: now,
+            clean_marker_present: false,
+        };
         Ok(Log {
             dir: dir.to_path_buf(),
-            clock,
-            max_batch_bytes: AtomicU32::new(config.max_batch_bytes),
-            inner: Mutex::new(Inner {
-                config,
-                segments,
-                log_start_offset,
-                durable: end,
-                high_watermark: end,
-                generation: 0,
-                discards: VecDeque::new(),
-                last_fsync_ms: now,
-                clean_marker_present: false,
+            max_batch_bytes: AtomicU32::new(inner.config.max_batch_bytes),
+            core: Arc::new(Core {
+                inner: Mutex::new(inner),
+                high_watermark_tx,
+                clock,
             }),
             sync_lock: tokio::sync::Mutex::new(()),
-            high_watermark_tx,
             #[cfg(test)]
             hooks: TestHooks::default(),
         })
@@ -343,7 +472,7 @@ impl Log {
         // Copied before the lock is taken; under it, assigning offsets only
         // rewrites 12 bytes per batch.
         let mut buf = records.to_vec();
-        let now = self.clock.now_ms();
+        let now = self.core.clock.now_ms();
 
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -398,7 +527,7 @@ impl Log {
         let end = segment.mark();
         if visible_when_written {
             inner.high_watermark = end;
-            self.publish(inner);
+            self.core.publish(inner);
         }
         Ok(AppendInfo {
             base_offset,
@@ -425,14 +554,18 @@ impl Log {
             // append is not in this log.
             return Err(LogError::NotDurable);
         };
+        // The blocking job both fsyncs and accounts for the outcome, so that
+        // dropping this future (a client hanging up) cannot lose a failure.
         let job = self.sync_job(Arc::clone(&point.file));
-        let result = tokio::task::spawn_blocking(job)
-            .await
-            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
-        {
-            let mut guard = self.lock();
-            self.finish_sync(&mut guard, point, result)?;
-        }
+        let core = Arc::clone(&self.core);
+        let path = point.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job();
+            let mut guard = core.lock();
+            core.finish_sync(&mut guard, point, result)
+        })
+        .await
+        .map_err(|join| LogError::io(path, io::Error::other(join.to_string())))??;
         self.durability(info).unwrap_or(Err(LogError::NotDurable))
     }
 
@@ -523,7 +656,7 @@ impl Log {
     /// The first offset not yet readable.
     pub fn high_watermark(&self) -> i64 {
         // Published under the lock whenever it moves, so this needs no lock.
-        *self.high_watermark_tx.borrow()
+        *self.core.high_watermark_tx.borrow()
     }
 
     /// The offset the next append will get.
@@ -533,7 +666,7 @@ impl Log {
 
     /// Watches the high watermark, for long-polling readers.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.high_watermark_tx.subscribe()
+        self.core.high_watermark_tx.subscribe()
     }
 
     /// Total bytes of all segments.
@@ -555,13 +688,13 @@ impl Log {
         if was_always && inner.config.fsync != FsyncPolicy::Always {
             // Without group commit, what is written is visible.
             inner.high_watermark = inner.active().mark();
-            self.publish(inner);
+            self.core.publish(inner);
         }
     }
 
     /// Deletes whole segments past `retention.ms` / `retention.bytes`.
     pub fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
-        let now = self.clock.now_ms();
+        let now = self.core.clock.now_ms();
         let mut guard = self.lock();
         let inner = &mut *guard;
         let retention_ms = inner.config.retention_ms;
@@ -611,7 +744,7 @@ impl Log {
     /// Under `FsyncPolicy::Interval`, fsyncs if the interval has elapsed since
     /// the last fsync; returns whether it did. Blocking.
     pub fn flush_if_due(&self) -> Result<bool, LogError> {
-        let now = self.clock.now_ms();
+        let now = self.core.clock.now_ms();
         let point = {
             let inner = self.lock();
             let FsyncPolicy::Interval { interval_ms } = inner.config.fsync else {
@@ -628,7 +761,7 @@ impl Log {
         };
         let result = self.sync_job(Arc::clone(&point.file))();
         let mut guard = self.lock();
-        self.finish_sync(&mut guard, point, result)?;
+        self.core.finish_sync(&mut guard, point, result)?;
         Ok(true)
     }
 
@@ -639,7 +772,7 @@ impl Log {
         };
         let result = self.sync_job(Arc::clone(&point.file))();
         let mut guard = self.lock();
-        self.finish_sync(&mut guard, point, result)
+        self.core.finish_sync(&mut guard, point, result)
     }
 
     /// Flushes, writes the indexes and marks a clean shutdown, so the next
@@ -652,7 +785,7 @@ impl Log {
         let inner = &mut *guard;
         if let Some(point) = Self::capture_locked(inner) {
             let result = self.sync_job(Arc::clone(&point.file))();
-            self.finish_sync(inner, point, result)?;
+            self.core.finish_sync(inner, point, result)?;
         }
         for seg in inner.segments.iter_mut().filter(|s| !s.index_files_current) {
             seg.write_index_files()
@@ -668,23 +801,6 @@ impl Log {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic under the lock means a broken invariant; carrying on with
-        // the state it left behind could corrupt the log.
-        self.inner
-            .lock()
-            .expect("ferry-log: a thread panicked while holding the log lock")
-    }
-
-    fn publish(&self, inner: &Inner) {
-        let hw = inner.high_watermark.next_offset;
-        self.high_watermark_tx.send_if_modified(|current| {
-            let changed = *current != hw;
-            *current = hw;
-            changed
-        });
-    }
-
     fn truncated_under_reads(&self) -> LogError {
         LogError::io(
             &self.dir,
@@ -693,6 +809,10 @@ impl Log {
                 "the log was cut back under every read attempt",
             ),
         )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.core.lock()
     }
 
     fn remove_clean_marker(&self, inner: &mut Inner) -> Result<(), LogError> {
@@ -735,12 +855,12 @@ impl Log {
         // disk before another is started after it. This fsync holds the lock,
         // stalling appends for its duration; rolls are rare enough for that.
         if let Err(e) = self.sync_job(file)() {
-            self.discard_undurable(inner);
+            self.core.discard_undurable(inner);
             return Err(LogError::io(&path, e));
         }
         inner.last_fsync_ms = now;
         let sealed_end = inner.active().mark();
-        self.advance_durable(inner, sealed_end);
+        self.core.advance_durable(inner, sealed_end);
 
         let next_base = {
             let sealed = inner.active_mut();
@@ -768,85 +888,13 @@ impl Log {
         // every policy.
         inner.durable = start;
         inner.high_watermark = start;
-        self.publish(inner);
+        self.core.publish(inner);
         tracing::info!(
             sealed = %path.display(),
             base_offset = next_base,
             "rolled to a new segment"
         );
         Ok(())
-    }
-
-    /// Moves the durable mark forward to `end` (never back) and, under group
-    /// commit, the high watermark with it.
-    fn advance_durable(&self, inner: &mut Inner, end: Mark) {
-        if end.is_after(&inner.durable) {
-            inner.durable = end;
-        }
-        if inner.config.fsync == FsyncPolicy::Always
-            && inner.durable.is_after(&inner.high_watermark)
-        {
-            inner.high_watermark = inner.durable;
-            self.publish(inner);
-        }
-    }
-
-    /// After a failed fsync nothing past the durable mark can be trusted to
-    /// reach the disk (the kernel may have dropped the dirty pages), so it is
-    /// discarded: the active segment is cut back to the durable mark and the
-    /// generation bumped, failing the waiters of everything discarded.
-    fn discard_undurable(&self, inner: &mut Inner) {
-        let durable = inner.durable;
-        // A roll makes everything before the new segment durable, so no
-        // segment starts after the durable mark; if one did, its data would
-        // not be durable either.
-        while inner.segments.len() > 1 && inner.active().base_offset > durable.segment_base {
-            if let Some(seg) = inner.segments.pop()
-                && let Err(e) = seg.delete_files()
-            {
-                tracing::warn!(segment = %seg.path.display(), error = %e, "could not delete a discarded segment");
-            }
-        }
-        let active = inner.active_mut();
-        if active.base_offset == durable.segment_base {
-            let discarded_bytes = active.size - durable.size;
-            let discarded_offsets = (durable.next_offset, active.next_offset);
-            if let Err(e) = active.file.set_len(durable.size) {
-                tracing::error!(
-                    segment = %active.path.display(),
-                    error = %e,
-                    "could not cut back the active segment; the next append overwrites the rest"
-                );
-            }
-            active.restore(&durable);
-            tracing::warn!(
-                segment = %active.path.display(),
-                position = durable.size,
-                discarded_bytes,
-                discarded_from_offset = discarded_offsets.0,
-                discarded_to_offset = discarded_offsets.1,
-                "fsync failed: discarded everything written after the last durable point"
-            );
-        } else {
-            tracing::error!(
-                segment = %active.path.display(),
-                durable_segment = durable.segment_base,
-                "durable mark outside the active segment; nothing discarded"
-            );
-        }
-        inner
-            .discards
-            .push_back((inner.generation, durable.next_offset));
-        if inner.discards.len() > DISCARDS_REMEMBERED_MAX {
-            inner.discards.pop_front();
-        }
-        inner.generation += 1;
-        // Under `Interval`/`Never` readers may have seen what was discarded;
-        // they now get OffsetOutOfRange past the new end and fetch again.
-        if inner.high_watermark.is_after(&durable) {
-            inner.high_watermark = durable;
-        }
-        self.publish(inner);
     }
 
     /// `Some(result)` once an append's fate is settled, `None` while it waits
@@ -893,33 +941,6 @@ impl Log {
             end,
             generation: inner.generation,
         })
-    }
-
-    /// Accounts for an fsync that covered `point`: on success the durable
-    /// mark (and under `Always` the high watermark) moves up to it; on failure
-    /// what it should have covered is discarded, unless a newer generation
-    /// already did so.
-    fn finish_sync(
-        &self,
-        inner: &mut Inner,
-        point: SyncPoint,
-        result: io::Result<()>,
-    ) -> Result<(), LogError> {
-        match result {
-            Ok(()) => {
-                inner.last_fsync_ms = self.clock.now_ms();
-                if point.generation == inner.generation {
-                    self.advance_durable(inner, point.end);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if point.generation == inner.generation {
-                    self.discard_undurable(inner);
-                }
-                Err(LogError::io(&point.path, e))
-            }
-        }
     }
 
     /// The fsync of one segment file, as a job for the blocking pool or to run

@@ -466,6 +466,10 @@ impl Segment {
         self.next_offset = first_offset;
         self.bytes_since_index_entry = 0;
         let file = Arc::clone(&self.file);
+        // A batch before the time index's last entry with a larger timestamp
+        // contradicts the index (its last entry is the maximum so far).
+        let time_last = self.time_index.last();
+        let mut contradiction = None;
         let end = walk_batches(
             &file,
             start,
@@ -473,8 +477,25 @@ impl Segment {
             first_offset,
             self.base_offset,
             false,
-            |meta| self.record_batch(meta, index_interval_bytes),
+            |meta| {
+                if contradiction.is_some() {
+                    return;
+                }
+                if let Some(last) = time_last
+                    && self.relative(meta.base_offset) < last.relative_offset
+                    && meta.max_timestamp > last.timestamp
+                {
+                    contradiction = Some(meta.position);
+                    return;
+                }
+                self.record_batch(meta, index_interval_bytes)
+            },
         )?;
+        if let Some(position) = contradiction {
+            return Ok(Err(format!(
+                "the batch at position {position} has a timestamp above the time index's maximum"
+            )));
+        }
         if let WalkEnd::Invalid { position, reason } = end {
             return Ok(Err(format!(
                 "batch at position {position} after the last index entry: {reason}"
@@ -861,6 +882,9 @@ pub(crate) fn peek_batch(
             "batch length {batch_length} / lastOffsetDelta {last_offset_delta} are invalid"
         )));
     }
+    let Some(last_offset) = base_offset.checked_add(i64::from(last_offset_delta)) else {
+        return Err(corrupt(format!("base offset {base_offset} is invalid")));
+    };
     let len = batch_length as u64 + LOG_OVERHEAD_BYTES as u64;
     if len > end - pos {
         return Err(corrupt(format!(
@@ -870,7 +894,7 @@ pub(crate) fn peek_batch(
     }
     Ok(WalkHeader {
         base_offset,
-        last_offset: base_offset + i64::from(last_offset_delta),
+        last_offset,
         len,
     })
 }

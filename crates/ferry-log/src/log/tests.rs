@@ -934,7 +934,13 @@ async fn group_commit_shares_fsyncs_among_concurrent_appenders() {
     assert_eq!(log.high_watermark(), end);
     assert_eq!(*log.subscribe().borrow(), end);
     let syncs = log.hooks.syncs.load(Ordering::SeqCst);
-    assert!(syncs <= (TASKS * APPENDS_PER_TASK) as u64, "{syncs} fsyncs");
+    // Sixteen appenders racing one fsync at a time share most fsyncs (about
+    // 20 for 320 appends here); fewer fsyncs than appends proves sharing.
+    assert!(
+        syncs < (TASKS * APPENDS_PER_TASK) as u64,
+        "{syncs} fsyncs for {} appends",
+        TASKS * APPENDS_PER_TASK
+    );
     let read = read_all(&log);
     assert_eq!(headers_of(&read).len(), TASKS * APPENDS_PER_TASK);
 }
@@ -1035,6 +1041,27 @@ async fn a_failed_fsync_discards_what_it_covered_and_the_log_goes_on() {
     drop(log);
     let log = open(dir.path(), config(FsyncPolicy::Always), &clock());
     assert_eq!(read_all(&log), expected);
+}
+
+#[tokio::test]
+async fn a_failed_fsync_is_accounted_for_even_if_its_waiter_is_cancelled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), config(FsyncPolicy::Always), &clock());
+    let info = log.append(&make_batch(2, T0, b"a")).expect("append");
+    log.hooks.fail_next_sync.store(true, Ordering::SeqCst);
+    {
+        // Poll the waiter once (it starts the fsync) and drop it.
+        let waiter = log.wait_durable(&info);
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, waiter).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while log.lock().generation == 0 {
+        assert!(std::time::Instant::now() < deadline, "failure never accounted for");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(matches!(log.wait_durable(&info).await, Err(LogError::NotDurable)));
+    assert_eq!(log.log_end_offset(), 0);
+    assert_eq!(log.high_watermark(), 0);
 }
 
 #[test]
