@@ -20,10 +20,10 @@ use ferry_log::{Clock, Log, SystemClock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::CoreError;
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
 use crate::names::{collision_key, validate_topic_name};
 use crate::topic_config::{self, ConfigEntry, ConfigOp};
-use crate::CoreError;
 
 /// No topic may have more partitions than this: each is a directory and an
 /// open file, and a request for two billion must fail cleanly.
@@ -198,7 +198,12 @@ impl Broker {
         self.config.data_dir.join("topics").join(name)
     }
 
-    fn open_partition(&self, name: &str, index: u32, configs: &BTreeMap<String, String>) -> Result<Log, CoreError> {
+    fn open_partition(
+        &self,
+        name: &str,
+        index: u32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Log, CoreError> {
         let dir = self.topic_dir(name).join(index.to_string());
         let log_config = topic_config::log_config(&self.config.topic_defaults, configs);
         Ok(Log::open(&dir, log_config, self.clock.clone())?)
@@ -269,7 +274,10 @@ impl Broker {
     }
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        read_lock(&self.topics).values().find(|t| t.id == id).cloned()
+        read_lock(&self.topics)
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
     }
 
     /// Every topic, sorted by name.
@@ -515,11 +523,17 @@ impl Broker {
                     if retention {
                         match log.apply_retention() {
                             Ok(o) if o.segments_deleted > 0 => tracing::info!(
-                                topic, partition, segments = o.segments_deleted, bytes = o.bytes_deleted,
-                                log_start_offset = o.log_start_offset, "retention deleted segments"
+                                topic,
+                                partition,
+                                segments = o.segments_deleted,
+                                bytes = o.bytes_deleted,
+                                log_start_offset = o.log_start_offset,
+                                "retention deleted segments"
                             ),
                             Ok(_) => {}
-                            Err(e) => tracing::warn!(topic, partition, error = %e, "retention failed"),
+                            Err(e) => {
+                                tracing::warn!(topic, partition, error = %e, "retention failed")
+                            }
                         }
                     } else if let Err(e) = log.flush_if_due() {
                         tracing::warn!(topic, partition, error = %e, "interval fsync failed");
@@ -566,7 +580,10 @@ mod tests {
     fn cluster_ids_look_like_kafkas() {
         let id = base64_url(Uuid::new_v4().as_bytes());
         assert_eq!(id.len(), 22);
-        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_eq!(base64_url(b"Man"), "TWFu");
     }
 }

@@ -124,9 +124,7 @@ pub(crate) fn apply(topics: &mut BTreeMap<String, TopicRecord>, event: &CatalogE
 impl Catalog {
     /// Replays the journal in `dir` and rewrites it compacted (one
     /// `TopicCreated` per live topic), so it never grows without bound.
-    pub(crate) fn open(
-        dir: &Path,
-    ) -> Result<(Catalog, BTreeMap<String, TopicRecord>), CoreError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Catalog, BTreeMap<String, TopicRecord>), CoreError> {
         let path = dir.join(JOURNAL_FILE);
         let mut topics = BTreeMap::new();
         match File::open(&path) {

@@ -33,7 +33,11 @@ const REQUEST_BYTES_MIN: usize = 8;
 /// instead of spinning.
 const ACCEPT_RETRY_MS: u64 = 50;
 
-pub(crate) async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, config: Arc<KafkaConfig>) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: Arc<KafkaConfig>,
+) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
@@ -97,7 +101,12 @@ async fn read_requests(
     loop {
         let mut size = [0u8; 4];
         match tokio::time::timeout(idle, rd.read_exact(&mut size)).await {
-            Err(_) => return Err(format!("idle for {} ms (connection_idle_ms)", config.connection_idle_ms)),
+            Err(_) => {
+                return Err(format!(
+                    "idle for {} ms (connection_idle_ms)",
+                    config.connection_idle_ms
+                ));
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(format!("read failed: {e}")),
             Ok(Ok(_)) => {}
@@ -150,7 +159,8 @@ async fn write_responses(
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(task) = rx.recv().await {
         if !task.is_finished() {
-            // Nothing more is ready to coalesce with: send what we have.
+            // Don't hold finished responses back while a slow one (a long
+            // poll, an fsync) is pending.
             wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
         }
         match task.await {
@@ -167,6 +177,9 @@ async fn write_responses(
                 let _ = wr.flush().await;
                 return Err(format!("request handler failed: {e}"));
             }
+        }
+        if rx.is_empty() {
+            wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
         }
     }
     wr.flush().await.map_err(|e| format!("write failed: {e}"))

@@ -43,7 +43,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_DEFAULT_PARTITIONS", value_name = "N")]
     pub default_partitions: Option<u32>,
     /// Broker-wide topic config default, KEY=VALUE (e.g. fsync.policy=never); repeatable.
-    #[arg(long = "topic-default", env = "FERRY_TOPIC_DEFAULTS", value_name = "KEY=VALUE", value_delimiter = ',')]
+    #[arg(
+        long = "topic-default",
+        env = "FERRY_TOPIC_DEFAULTS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
     pub topic_defaults: Vec<String>,
     /// Largest Kafka request accepted, in bytes [default: 104857600].
     #[arg(long, env = "FERRY_KAFKA_REQUEST_BYTES_MAX", value_name = "BYTES")]
@@ -112,7 +117,9 @@ fn toml_scalar(key: &str, v: &toml::Value) -> anyhow::Result<String> {
         toml::Value::String(s) => s.clone(),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
-        other => bail!("topic_defaults.\"{key}\" must be a string, integer or boolean, not {other}"),
+        other => {
+            bail!("topic_defaults.\"{key}\" must be a string, integer or boolean, not {other}")
+        }
     })
 }
 
@@ -137,7 +144,10 @@ impl Settings {
             .or(file.kafka.request_bytes_max)
             .unwrap_or(100 * 1024 * 1024);
         if request_bytes_max > i32::MAX as usize {
-            bail!("kafka request_bytes_max must be at most {} (Kafka sizes are 32-bit)", i32::MAX);
+            bail!(
+                "kafka request_bytes_max must be at most {} (Kafka sizes are 32-bit)",
+                i32::MAX
+            );
         }
         Ok(Settings {
             data_dir: args
@@ -152,7 +162,10 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string()),
             kafka_advertised: args.kafka_advertised.clone().or(file.kafka.advertised),
             kafka_request_bytes_max: request_bytes_max,
-            auto_create_topics: args.auto_create_topics.or(file.topics.auto_create).unwrap_or(true),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.topics.auto_create)
+                .unwrap_or(true),
             default_partitions: args
                 .default_partitions
                 .or(file.topics.default_partitions)
@@ -175,7 +188,12 @@ pub fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
     let port = port
         .parse::<u16>()
         .with_context(|| format!("'{port}' in '{addr}' is not a port number"))?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
 }
 
 #[cfg(test)]
@@ -230,7 +248,10 @@ default_partitions = 3
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:9092").unwrap(), ("127.0.0.1".into(), 9092));
+        assert_eq!(
+            split_host_port("127.0.0.1:9092").unwrap(),
+            ("127.0.0.1".into(), 9092)
+        );
         assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1".into(), 9092));
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port("h:99999").is_err());

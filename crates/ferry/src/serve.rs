@@ -2,7 +2,6 @@
 //! then close every log cleanly.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_core::{Broker, BrokerConfig};
@@ -16,7 +15,9 @@ use crate::config::{LogFormat, ServeArgs, Settings, split_host_port};
 fn init_logging(format: LogFormat) {
     // FERRY_LOG takes tracing's filter syntax, e.g. "info,ferry_kafka=debug".
     let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -35,9 +36,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn bind(what: &str, addr: &str, flag: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{what} listener cannot bind {addr} (choose another address with {flag})"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("{what} listener cannot bind {addr} (choose another address with {flag})")
+    })?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }
@@ -63,7 +64,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (adv_host, adv_port) = match &settings.kafka_advertised {
         Some(a) => split_host_port(a).context("--kafka-advertised")?,
         None if kafka_addr.ip().is_unspecified() => {
-            tracing::warn!("kafka listens on all interfaces but no --kafka-advertised was given; telling clients 127.0.0.1");
+            tracing::warn!(
+                "kafka listens on all interfaces but no --kafka-advertised was given; telling clients 127.0.0.1"
+            );
             ("127.0.0.1".to_string(), kafka_addr.port())
         }
         None => (kafka_addr.ip().to_string(), kafka_addr.port()),
@@ -72,7 +75,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     kafka_config.request_bytes_max = settings.kafka_request_bytes_max;
 
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
-    let kafka = tokio::spawn(ferry_kafka::serve(kafka_listener, broker.clone(), kafka_config));
+    let kafka = tokio::spawn(ferry_kafka::serve(
+        kafka_listener,
+        broker.clone(),
+        kafka_config,
+    ));
     tracing::info!("kafka listening on {kafka_addr}");
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -6,7 +6,9 @@ use ferry_core::{ConfigSource, CoreError};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
@@ -47,7 +49,10 @@ fn partitions_for(ctx: &Ctx, t: &CreatableTopic) -> Result<Option<u32>, CoreErro
             ));
         }
         let node = ctx.config.node_id;
-        if t.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
+        if t.assignments
+            .iter()
+            .any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
+        {
             return Err(CoreError::InvalidReplicationFactor(format!(
                 "this cluster has one broker (id {node}); every partition must be assigned to it alone"
             )));
@@ -69,7 +74,11 @@ fn partitions_for(ctx: &Ctx, t: &CreatableTopic) -> Result<Option<u32>, CoreErro
     }
 }
 
-pub(crate) async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest, _version: i16) -> CreateTopicsResponse {
+pub(crate) async fn create_topics(
+    ctx: &Ctx,
+    req: CreateTopicsRequest,
+    _version: i16,
+) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     let dups = duplicate_names(req.topics.iter().map(|t| t.name.0.as_str()));
     for t in req.topics {
@@ -78,29 +87,40 @@ pub(crate) async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest, _version:
         result.name = t.name.clone();
         if dups.contains(&name) {
             result.error_code = ResponseError::InvalidRequest.code();
-            result.error_message = message(&format!("topic '{name}' appears more than once in the request"));
+            result.error_message = message(&format!(
+                "topic '{name}' appears more than once in the request"
+            ));
             response.topics.push(result);
             continue;
         }
         let configs: BTreeMap<String, String> = t
             .configs
             .iter()
-            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
             .collect();
         let created = partitions_for(ctx, &t).and_then(|partitions| {
-            ctx.broker.create_topic(&name, partitions, &configs, req.validate_only)
+            ctx.broker
+                .create_topic(&name, partitions, &configs, req.validate_only)
         });
         match created {
             Ok(topic) => {
                 let partitions = if req.validate_only {
-                    t.num_partitions.max(ctx.broker.config().default_partitions as i32)
+                    t.num_partitions
+                        .max(ctx.broker.config().default_partitions as i32)
                 } else {
                     topic.partition_count() as i32
                 };
                 result.topic_id = topic.id;
                 result.num_partitions = partitions;
                 result.replication_factor = 1;
-                let described = ferry_core::topic_config::describe(&ctx.broker.config().topic_defaults, &configs);
+                let described = ferry_core::topic_config::describe(
+                    &ctx.broker.config().topic_defaults,
+                    &configs,
+                );
                 result.configs = Some(
                     described
                         .into_iter()
@@ -123,10 +143,17 @@ pub(crate) async fn create_topics(ctx: &Ctx, req: CreateTopicsRequest, _version:
     response
 }
 
-pub(crate) async fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest, _version: i16) -> DeleteTopicsResponse {
+pub(crate) async fn delete_topics(
+    ctx: &Ctx,
+    req: DeleteTopicsRequest,
+    _version: i16,
+) -> DeleteTopicsResponse {
     // v6 names topics by name or id; earlier versions by name only.
-    let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> =
-        req.topic_names.into_iter().map(|n| (Some(n), uuid::Uuid::nil())).collect();
+    let mut targets: Vec<(Option<TopicName>, uuid::Uuid)> = req
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n), uuid::Uuid::nil()))
+        .collect();
     targets.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
     let mut response = DeleteTopicsResponse::default();
     for (name, id) in targets {
@@ -136,7 +163,10 @@ pub(crate) async fn delete_topics(ctx: &Ctx, req: DeleteTopicsRequest, _version:
                 .broker
                 .topic(&n.0)
                 .ok_or_else(|| CoreError::UnknownTopic(n.0.to_string())),
-            None => ctx.broker.topic_by_id(id).ok_or(CoreError::UnknownTopicId(id)),
+            None => ctx
+                .broker
+                .topic_by_id(id)
+                .ok_or(CoreError::UnknownTopicId(id)),
         };
         result.name = name;
         result.topic_id = id;
@@ -170,9 +200,15 @@ pub(crate) async fn create_partitions(
         let mut result = CreatePartitionsTopicResult::default();
         result.name = t.name.clone();
         let outcome = if dups.contains(&name) {
-            Err((ResponseError::InvalidRequest, format!("topic '{name}' appears more than once in the request")))
+            Err((
+                ResponseError::InvalidRequest,
+                format!("topic '{name}' appears more than once in the request"),
+            ))
         } else if t.count < 1 {
-            Err((ResponseError::InvalidPartitions, format!("number of partitions must be at least 1, not {}", t.count)))
+            Err((
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be at least 1, not {}", t.count),
+            ))
         } else {
             ctx.broker
                 .create_partitions(&name, t.count as u32, req.validate_only)

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::topic_config::ConfigType;
 use ferry_core::ConfigOp;
+use ferry_core::topic_config::ConfigType;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -63,19 +63,54 @@ fn broker_entries(ctx: &Ctx, with_docs: bool) -> Vec<DescribeConfigsResourceResu
     let c = ctx.broker.config();
     let doc = |d: &'static str| with_docs.then_some(d);
     vec![
-        entry("auto.create.topics.enable", c.auto_create_topics.to_string(), 4, true, 1,
-            doc("Create a topic when a client produces to it or asks for its metadata.")),
-        entry("broker.id", ctx.config.node_id.to_string(), 4, true, 3, doc("This broker's id.")),
-        entry("log.retention.check.interval.ms", c.retention_check_interval_ms.to_string(), 4, true, 5,
-            doc("How often retention runs.")),
-        entry("num.partitions", c.default_partitions.to_string(), 4, true, 3,
-            doc("Partitions of an auto-created topic.")),
-        entry("socket.request.max.bytes", ctx.config.request_bytes_max.to_string(), 4, true, 3,
-            doc("The largest request accepted.")),
+        entry(
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+            4,
+            true,
+            1,
+            doc("Create a topic when a client produces to it or asks for its metadata."),
+        ),
+        entry(
+            "broker.id",
+            ctx.config.node_id.to_string(),
+            4,
+            true,
+            3,
+            doc("This broker's id."),
+        ),
+        entry(
+            "log.retention.check.interval.ms",
+            c.retention_check_interval_ms.to_string(),
+            4,
+            true,
+            5,
+            doc("How often retention runs."),
+        ),
+        entry(
+            "num.partitions",
+            c.default_partitions.to_string(),
+            4,
+            true,
+            3,
+            doc("Partitions of an auto-created topic."),
+        ),
+        entry(
+            "socket.request.max.bytes",
+            ctx.config.request_bytes_max.to_string(),
+            4,
+            true,
+            3,
+            doc("The largest request accepted."),
+        ),
     ]
 }
 
-pub(crate) async fn describe(ctx: &Ctx, req: DescribeConfigsRequest, _version: i16) -> DescribeConfigsResponse {
+pub(crate) async fn describe(
+    ctx: &Ctx,
+    req: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
     let mut response = DescribeConfigsResponse::default();
     let with_docs = req.include_documentation;
     for resource in req.resources {
@@ -119,7 +154,8 @@ pub(crate) async fn describe(ctx: &Ctx, req: DescribeConfigsRequest, _version: i
             }
             other => {
                 result.error_code = ResponseError::InvalidRequest.code();
-                result.error_message = message(&format!("config resource type {other} is not supported"));
+                result.error_message =
+                    message(&format!("config resource type {other} is not supported"));
             }
         }
         response.results.push(result);
@@ -142,13 +178,21 @@ fn alterable(resource_type: i8) -> Result<(), (ResponseError, String)> {
     }
 }
 
-pub(crate) async fn alter(ctx: &Ctx, req: AlterConfigsRequest, _version: i16) -> AlterConfigsResponse {
+pub(crate) async fn alter(
+    ctx: &Ctx,
+    req: AlterConfigsRequest,
+    _version: i16,
+) -> AlterConfigsResponse {
     let mut response = AlterConfigsResponse::default();
     for resource in req.resources {
         let configs: BTreeMap<String, String> = resource
             .configs
             .iter()
-            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
             .collect();
         let outcome = alterable(resource.resource_type).and_then(|()| {
             ctx.broker
@@ -189,7 +233,10 @@ pub(crate) async fn incremental_alter(
                         ResponseError::InvalidRequest,
                         format!("config '{name}' needs a value for this operation"),
                     )),
-                    (op, _) => Err((ResponseError::InvalidRequest, format!("unknown config operation {op}"))),
+                    (op, _) => Err((
+                        ResponseError::InvalidRequest,
+                        format!("unknown config operation {op}"),
+                    )),
                 }
             })
             .collect();
@@ -209,4 +256,3 @@ pub(crate) async fn incremental_alter(
     }
     response
 }
-

@@ -12,7 +12,7 @@ use ferry_log::Log;
 use futures_util::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use tokio::time::Instant;
 
 use crate::connection::Ctx;
@@ -20,6 +20,14 @@ use crate::errors::{kafka_error, log_error};
 
 /// Fetch v13 replaced topic names with topic ids.
 const TOPIC_IDS_SINCE_VERSION: i16 = 13;
+
+/// A requested topic: its name and id as the client gave them, and its
+/// partitions in request order.
+struct TopicTargets {
+    name: TopicName,
+    id: uuid::Uuid,
+    partitions: Vec<(i32, Target)>,
+}
 
 /// A requested partition, resolved to its log (or the error to report).
 struct Target {
@@ -70,7 +78,11 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
                 (p.partition, target)
             })
             .collect();
-        topics.push((fetch_topic.topic.clone(), fetch_topic.topic_id, targets));
+        topics.push(TopicTargets {
+            name: fetch_topic.topic.clone(),
+            id: fetch_topic.topic_id,
+            partitions: targets,
+        });
     }
 
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
@@ -85,7 +97,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
         // wait still wakes us.
         let mut watchers: Vec<_> = topics
             .iter()
-            .flat_map(|(_, _, targets)| targets.iter())
+            .flat_map(|t| t.partitions.iter())
             .filter_map(|(_, t)| t.log.as_ref().ok().map(|log| log.subscribe()))
             .collect();
         for w in &mut watchers {
@@ -110,17 +122,17 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
 /// Reads every partition once. Returns the topic responses, the record bytes
 /// gathered, and whether any partition reported an error.
 fn read_all(
-    topics: &[(kafka_protocol::messages::TopicName, uuid::Uuid, Vec<(i32, Target)>)],
+    topics: &[TopicTargets],
     max_bytes: usize,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(topics.len());
-    for (name, id, targets) in topics {
+    for topic in topics {
         let mut topic_response = FetchableTopicResponse::default();
-        topic_response.topic = name.clone();
-        topic_response.topic_id = *id;
-        for (index, target) in targets {
+        topic_response.topic = topic.name.clone();
+        topic_response.topic_id = topic.id;
+        for (index, target) in &topic.partitions {
             let mut data = PartitionData::default();
             data.partition_index = *index;
             data.aborted_transactions = None;
@@ -132,7 +144,9 @@ fn read_all(
                     any_error = true;
                 }
                 Ok(log) => {
-                    let budget = target.partition_max_bytes.min(max_bytes.saturating_sub(total));
+                    let budget = target
+                        .partition_max_bytes
+                        .min(max_bytes.saturating_sub(total));
                     // KIP-74: the first batch of the first partition with data
                     // is returned whole even if it exceeds the limits, so that
                     // a consumer can always make progress.

@@ -31,6 +31,8 @@ const WHY: &str = "consumer groups are not available on this broker yet";
 const BATCHED_KEYS_SINCE_VERSION: i16 = 4;
 /// OffsetFetch v8 batched the groups.
 const BATCHED_GROUPS_SINCE_VERSION: i16 = 8;
+/// DescribeGroups v6 added a per-group error message.
+const DESCRIBE_ERROR_MESSAGE_SINCE_VERSION: i16 = 6;
 
 fn in_range<M: Message>(version: i16) -> bool {
     (M::VERSIONS.min..=M::VERSIONS.max).contains(&version)
@@ -82,7 +84,13 @@ pub(crate) async fn find_coordinator(
 }
 
 fn respond<R: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Outcome {
-    encode_response(api_key, version, api_key.response_header_version(version), correlation_id, body)
+    encode_response(
+        api_key,
+        version,
+        api_key.response_header_version(version),
+        correlation_id,
+        body,
+    )
 }
 
 fn decode<R: Decodable>(api_key: ApiKey, version: i16, body: &mut Bytes) -> Result<R, Outcome> {
@@ -92,7 +100,12 @@ fn decode<R: Decodable>(api_key: ApiKey, version: i16, body: &mut Bytes) -> Resu
 
 /// Answers every other group API; anything else that is not supported
 /// closes the connection, as Kafka does for versions it does not know.
-pub(crate) fn unsupported(api_key: ApiKey, version: i16, correlation_id: i32, body: &mut Bytes) -> Outcome {
+pub(crate) fn unsupported(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &mut Bytes,
+) -> Outcome {
     let outcome = match api_key {
         ApiKey::JoinGroup => decode::<JoinGroupRequest>(api_key, version, body).map(|_| {
             let mut r = JoinGroupResponse::default();
@@ -114,29 +127,43 @@ pub(crate) fn unsupported(api_key: ApiKey, version: i16, correlation_id: i32, bo
             r.error_code = NOT_YET.code();
             respond(api_key, version, correlation_id, &r)
         }),
-        ApiKey::ListGroups => decode::<ListGroupsRequest>(api_key, version, body)
-            .map(|_| respond(api_key, version, correlation_id, &ListGroupsResponse::default())),
-        ApiKey::DescribeGroups => decode::<DescribeGroupsRequest>(api_key, version, body).map(|req| {
-            let mut r = DescribeGroupsResponse::default();
-            r.groups = req
-                .groups
-                .into_iter()
-                .map(|g| {
-                    let mut d = DescribedGroup::default();
-                    d.group_id = g;
-                    d.error_code = NOT_YET.code();
-                    d.error_message = message(&WHY);
-                    d
-                })
-                .collect();
-            respond(api_key, version, correlation_id, &r)
+        ApiKey::ListGroups => decode::<ListGroupsRequest>(api_key, version, body).map(|_| {
+            respond(
+                api_key,
+                version,
+                correlation_id,
+                &ListGroupsResponse::default(),
+            )
         }),
+        ApiKey::DescribeGroups => {
+            decode::<DescribeGroupsRequest>(api_key, version, body).map(|req| {
+                let mut r = DescribeGroupsResponse::default();
+                r.groups = req
+                    .groups
+                    .into_iter()
+                    .map(|g| {
+                        let mut d = DescribedGroup::default();
+                        d.group_id = g;
+                        d.error_code = NOT_YET.code();
+                        if version >= DESCRIBE_ERROR_MESSAGE_SINCE_VERSION {
+                            d.error_message = message(&WHY);
+                        }
+                        d
+                    })
+                    .collect();
+                respond(api_key, version, correlation_id, &r)
+            })
+        }
         ApiKey::DeleteGroups => decode::<DeleteGroupsRequest>(api_key, version, body).map(|req| {
             let mut r = DeleteGroupsResponse::default();
             r.results = req
                 .groups_names
                 .into_iter()
-                .map(|g| DeletableGroupResult::default().with_group_id(g).with_error_code(NOT_YET.code()))
+                .map(|g| {
+                    DeletableGroupResult::default()
+                        .with_group_id(g)
+                        .with_error_code(NOT_YET.code())
+                })
                 .collect();
             respond(api_key, version, correlation_id, &r)
         }),
@@ -169,14 +196,20 @@ pub(crate) fn unsupported(api_key: ApiKey, version: i16, correlation_id: i32, bo
                 r.groups = req
                     .groups
                     .into_iter()
-                    .map(|g| OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(NOT_YET.code()))
+                    .map(|g| {
+                        OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id)
+                            .with_error_code(NOT_YET.code())
+                    })
                     .collect();
             } else {
                 r.error_code = NOT_YET.code();
             }
             respond(api_key, version, correlation_id, &r)
         }),
-        other => Err(Outcome::Close(format!("{other:?} v{version} is not supported (see ApiVersions)"))),
+        other => Err(Outcome::Close(format!(
+            "{other:?} v{version} is not supported (see ApiVersions)"
+        ))),
     };
     outcome.unwrap_or_else(|closed| closed)
 }

@@ -18,7 +18,8 @@ use crate::errors::{kafka_error, message};
 /// Kafka's ACL operation bits (AclOperation codes) that every client may
 /// perform until authorization exists: READ 3, WRITE 4, CREATE 5, DELETE 6,
 /// ALTER 7, DESCRIBE 8, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11.
-const TOPIC_OPERATIONS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 /// CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11.
 const CLUSTER_OPERATIONS: i32 = (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
 /// Metadata v4 added `allow_auto_topic_creation`; before it, creation was implied.
@@ -45,7 +46,11 @@ fn describe_topic(ctx: &Ctx, topic: &Topic, include_ops: bool) -> MetadataRespon
     t
 }
 
-fn topic_error(name: Option<TopicName>, id: uuid::Uuid, code: ResponseError) -> MetadataResponseTopic {
+fn topic_error(
+    name: Option<TopicName>,
+    id: uuid::Uuid,
+    code: ResponseError,
+) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = name;
     t.topic_id = id;

@@ -12,10 +12,10 @@ mod produce;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    FindCoordinatorRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, ResponseHeader,
+    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
+    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -59,13 +59,30 @@ pub(crate) fn parse_header(frame: &Bytes) -> Result<Request, HeaderError> {
         .map_err(|_| HeaderError(format!("unknown API key {key} (version {version})")))?;
     let header_version = api_key.request_header_version(version);
     let mut buf = frame.clone();
-    let header = RequestHeader::decode(&mut buf, header_version)
-        .map_err(|e| HeaderError(format!("malformed {api_key:?} v{version} request header: {e}")))?;
-    Ok(Request {
-        api_key,
-        header,
-        body_start: frame.len() - buf.len(),
-    })
+    match RequestHeader::decode(&mut buf, header_version) {
+        Ok(header) => Ok(Request {
+            api_key,
+            header,
+            body_start: frame.len() - buf.len(),
+        }),
+        // A client probing with an ApiVersions version from the future may
+        // frame its header differently; it still gets the v0 answer that
+        // tells it what we support, addressed by its correlation id.
+        Err(_) if api_key == ApiKey::ApiVersions => {
+            let mut header = RequestHeader::default();
+            header.request_api_key = key;
+            header.request_api_version = version;
+            header.correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            Ok(Request {
+                api_key,
+                header,
+                body_start: frame.len(),
+            })
+        }
+        Err(e) => Err(HeaderError(format!(
+            "malformed {api_key:?} v{version} request header: {e}"
+        ))),
+    }
 }
 
 /// Frames a response: size, header (v0 for ApiVersions, always), body.
@@ -88,7 +105,9 @@ pub(crate) fn encode_response<R: Encodable>(
             buf[0..4].copy_from_slice(&len.to_be_bytes());
             Outcome::Respond(buf.freeze())
         }
-        Err(e) => Outcome::Close(format!("could not encode {api_key:?} v{version} response: {e}")),
+        Err(e) => Outcome::Close(format!(
+            "could not encode {api_key:?} v{version} response: {e}"
+        )),
     }
 }
 
@@ -112,7 +131,9 @@ pub(crate) async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome
             let req = match <$req>::decode(&mut body, version) {
                 Ok(r) => r,
                 Err(e) => {
-                    return Outcome::Close(format!("malformed {api_key:?} v{version} request: {e}"));
+                    return Outcome::Close(format!(
+                        "malformed {api_key:?} v{version} request: {e}"
+                    ));
                 }
             };
             let response = $handler(ctx, req, version).await;
@@ -130,7 +151,9 @@ pub(crate) async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome
         ApiKey::Produce => {
             let req = match ProduceRequest::decode(&mut body, version) {
                 Ok(r) => r,
-                Err(e) => return Outcome::Close(format!("malformed Produce v{version} request: {e}")),
+                Err(e) => {
+                    return Outcome::Close(format!("malformed Produce v{version} request: {e}"));
+                }
             };
             match produce::handle(ctx, req, version).await {
                 Some(response) => encode_response(

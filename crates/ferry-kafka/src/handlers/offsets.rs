@@ -13,8 +13,14 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
+/// The response's leader epoch exists from v4; the codec refuses it earlier.
+const LEADER_EPOCH_SINCE_VERSION: i16 = 4;
 
-pub(crate) async fn handle(ctx: &Ctx, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub(crate) async fn handle(
+    ctx: &Ctx,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
     for topic in req.topics {
         let mut topic_response = ListOffsetsTopicResponse::default();
@@ -46,7 +52,9 @@ pub(crate) async fn handle(ctx: &Ctx, req: ListOffsetsRequest, _version: i16) ->
                         Ok(Some((offset, timestamp))) => {
                             part.offset = offset;
                             part.timestamp = timestamp;
-                            part.leader_epoch = 0;
+                            if version >= LEADER_EPOCH_SINCE_VERSION {
+                                part.leader_epoch = 0;
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => {

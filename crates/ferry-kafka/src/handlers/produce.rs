@@ -22,7 +22,11 @@ struct Pending {
 }
 
 /// Returns `None` for acks=0, which gets no response.
-pub(crate) async fn handle(ctx: &Ctx, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+pub(crate) async fn handle(
+    ctx: &Ctx,
+    req: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
     let acks = req.acks;
     let mut response = ProduceResponse::default();
     let mut pending = Vec::new();
@@ -38,7 +42,10 @@ pub(crate) async fn handle(ctx: &Ctx, req: ProduceRequest, _version: i16) -> Opt
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
             let result = if !matches!(acks, -1..=1) {
-                Err((ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, not {acks}")))
+                Err((
+                    ResponseError::InvalidRequiredAcks,
+                    format!("acks must be -1, 0 or 1, not {acks}"),
+                ))
             } else {
                 match (&topic, data.records) {
                     (Err(e), _) => Err((kafka_error(e), e.to_string())),
@@ -67,7 +74,12 @@ pub(crate) async fn handle(ctx: &Ctx, req: ProduceRequest, _version: i16) -> Opt
                 Ok((log, info)) => {
                     part.base_offset = info.base_offset;
                     part.log_start_offset = info.log_start_offset;
-                    pending.push(Pending { topic: t, partition: p, log, info });
+                    pending.push(Pending {
+                        topic: t,
+                        partition: p,
+                        log,
+                        info,
+                    });
                 }
                 Err((code, text)) => {
                     part.error_code = code.code();
