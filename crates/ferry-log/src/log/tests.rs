@@ -1056,10 +1056,16 @@ async fn a_failed_fsync_is_accounted_for_even_if_its_waiter_is_cancelled() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while log.lock().generation == 0 {
-        assert!(std::time::Instant::now() < deadline, "failure never accounted for");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "failure never accounted for"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    assert!(matches!(log.wait_durable(&info).await, Err(LogError::NotDurable)));
+    assert!(matches!(
+        log.wait_durable(&info).await,
+        Err(LogError::NotDurable)
+    ));
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.high_watermark(), 0);
 }
