@@ -98,9 +98,9 @@ def expected_recs(msgs, offsets):
         Rec(
             m["partition"],
             off,
-            m["key"],
-            m["value"],
-            tuple(m["headers"]),
+            m.get("key"),
+            m.get("value"),
+            tuple(m.get("headers") or ()),
             m["timestamp"],
         )
         for m, off in zip(msgs, offsets)
@@ -635,7 +635,7 @@ def test_many_small_fetches_keep_order(ferry):
     assert [r.offset for r in parts[1]] == list(range(1000))
 
 
-@pytest.mark.parametrize("in_flight", [1, 5])
+@pytest.mark.parametrize("in_flight", [1, 5, 1000000], ids=["in-flight-1", "in-flight-5", "in-flight-default"])
 def test_pipelined_produce_requests_keep_order(ferry, in_flight):
     """A producer pipelines several Produce requests on one connection
     (librdkafka's max.in.flight, default 1000000). Without retries Kafka
@@ -729,3 +729,155 @@ def test_acknowledged_data_survives_sigkill(ferry):
     got = _snapshot(ferry.bootstrap, topic, 1, 30)
     assert got == expected_recs(msgs, range(30))
     assert produce_ok(make_producer(ferry.bootstrap), topic, [dict(partition=0, value=b"next")]) == [(0, 30)]
+
+
+# --------------------------------------------------------------------------
+# configs that change behaviour
+
+
+def test_altered_max_message_bytes_applies_to_the_live_topic(ferry):
+    admin = admin_client(ferry.bootstrap)
+    topic = unique_topic("livecfg")
+    create_topic(admin, topic)
+    producer = make_producer(ferry.bootstrap, **{"compression.type": "none", "linger.ms": 0})
+    payload = os.urandom(5000)
+    assert produce_ok(producer, topic, [dict(partition=0, value=payload)]) == [(0, 0)]
+
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry("max.message.bytes", "1024", incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin.incremental_alter_configs([res], request_timeout=OP_TIMEOUT_S)[res].result(timeout=OP_TIMEOUT_S)
+    reports = produce_all(producer, topic, [dict(partition=0, value=payload)])
+    assert reports[0][0] is not None and reports[0][0].code() == KafkaError.MSG_SIZE_TOO_LARGE, reports
+    assert produce_ok(producer, topic, [dict(partition=0, value=b"small")]) == [(0, 1)]
+
+
+@pytest.mark.parametrize("acks", ["0", "1"])
+def test_produce_with_acks_0_and_1(ferry, acks):
+    topic = unique_topic(f"acks{acks}")
+    create_topic(ferry.bootstrap, topic)
+    ts = now_ms() - 1000
+    msgs = [dict(partition=0, key=b"k%d" % i, value=b"v%d" % i, headers=[("a", acks.encode())], timestamp=ts + i) for i in range(20)]
+    producer = make_producer(ferry.bootstrap, acks=acks, **{"max.in.flight": 1})
+    reports = produce_all(producer, topic, msgs)
+    assert [r[0] for r in reports] == [None] * 20
+    if acks == "1":
+        assert [r[2] for r in reports] == list(range(20))
+    # acks=0 gets no offsets back; the records must still be stored in order.
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = [to_rec(m) for m in consume_n(consumer, 20)]
+    finally:
+        consumer.close()
+    assert got == expected_recs(msgs, range(20))
+
+
+@pytest.mark.parametrize(
+    "policy", [{"fsync.policy": "always"}, {"fsync.policy": "interval", "fsync.interval.ms": "50"}, {"fsync.policy": "never"}],
+    ids=["always", "interval", "never"],
+)
+def test_fsync_policies_serve_and_keep_data(ferry, policy):
+    topic = unique_topic("fsync")
+    create_topic(ferry.bootstrap, topic, config=policy)
+    msgs = make_records(25, 0, now_ms() - 10_000)
+    assert produce_ok(make_producer(ferry.bootstrap), topic, msgs) == [(0, i) for i in range(25)]
+    want = expected_recs(msgs, range(25))
+    assert _snapshot(ferry.bootstrap, topic, 1, 25) == want
+    ferry.restart()
+    assert _snapshot(ferry.bootstrap, topic, 1, 25) == want
+
+
+def test_fetch_past_the_end_is_out_of_range(ferry, filled_topic):
+    topic, _, want = filled_topic
+    consumer = make_consumer(ferry.bootstrap)  # auto.offset.reset=error
+    try:
+        consumer.assign([TopicPartition(topic, 0, 50)])
+        deadline = time.monotonic() + OP_TIMEOUT_S
+        msg = None
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                break
+        assert msg is not None, "no error for fetching offset 50 of a 10-record partition"
+        assert msg.error() is not None, f"got a record: {to_rec(msg)}"
+        assert msg.error().code() == KafkaError._AUTO_OFFSET_RESET, msg.error()
+        assert "out of range" in msg.error().str().lower(), msg.error()
+    finally:
+        consumer.close()
+
+    consumer = make_consumer(ferry.bootstrap, **{"auto.offset.reset": "earliest"})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 50)])
+        got = [to_rec(m) for m in consume_n(consumer, 10)]
+    finally:
+        consumer.close()
+    assert got == [r for r in want if r.partition == 0]
+
+
+@pytest.mark.ferry_args("--retention-check-interval-ms", "100")
+def test_retention_bytes_deletes_oldest_segments(ferry):
+    topic = unique_topic("ret-bytes")
+    create_topic(ferry.bootstrap, topic, config={"segment.bytes": "1024", "retention.bytes": "3000"})
+    ts0 = now_ms() - 1000
+    msgs = [dict(partition=0, key=b"k%03d" % i, value=b"%03d-" % i + b"x" * 200, timestamp=ts0 + i) for i in range(60)]
+    producer = make_producer(ferry.bootstrap, **{"linger.ms": 0, "max.in.flight": 1, "batch.num.messages": 1})
+    assert produce_ok(producer, topic, msgs) == [(0, i) for i in range(60)]
+
+    consumer = make_consumer(ferry.bootstrap)
+    tp = TopicPartition(topic, 0)
+    try:
+        # Retention runs every 100 ms: wait until it has advanced the start
+        # and then left it alone for several runs.
+        def settled():
+            first = consumer.get_watermark_offsets(tp, timeout=OP_TIMEOUT_S, cached=False)
+            time.sleep(0.4)
+            second = consumer.get_watermark_offsets(tp, timeout=OP_TIMEOUT_S, cached=False)
+            return first == second and first[0] > 0 and first
+
+        lo, hi = wait_until(settled, what="retention to advance the log start offset and settle")
+        assert hi == 60
+        # Kafka's rule: the oldest segment goes while the rest would still be
+        # at least retention.bytes. So what is left is >= 3000 bytes, and
+        # without its oldest segment it would be < 3000.
+        part_dir = ferry.data_dir / "topics" / topic / "0"
+        segments = sorted(part_dir.glob("*.log"))
+        sizes = [f.stat().st_size for f in segments]
+        assert sum(sizes) >= 3000 and sum(sizes) - sizes[0] < 3000, list(zip([f.name for f in segments], sizes))
+        assert int(segments[0].stem) == lo, (segments[0].name, lo)
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = [to_rec(m) for m in consume_n(consumer, 60 - lo)]
+    finally:
+        consumer.close()
+    assert got == expected_recs(msgs[lo:], range(lo, 60))
+    admin = admin_client(ferry.bootstrap)
+    info = admin.list_offsets({tp: OffsetSpec.earliest()}, request_timeout=OP_TIMEOUT_S)[tp].result(timeout=OP_TIMEOUT_S)
+    assert info.offset == lo
+
+
+@pytest.mark.ferry_args("--retention-check-interval-ms", "100")
+def test_retention_ms_deletes_expired_segments_including_the_active_one(ferry):
+    """Kafka's rule: once every record is past retention.ms, all segments go
+    (the active one is rolled first); offsets continue where they were."""
+    topic = unique_topic("ret-ms")
+    create_topic(ferry.bootstrap, topic, config={"segment.bytes": "1024", "retention.ms": "600000"})
+    ts0 = now_ms() - 86_400_000  # a day old
+    msgs = [dict(partition=0, value=b"%03d-" % i + b"x" * 200, timestamp=ts0 + i) for i in range(30)]
+    producer = make_producer(ferry.bootstrap, **{"linger.ms": 0, "max.in.flight": 1, "batch.num.messages": 1})
+    assert produce_ok(producer, topic, msgs) == [(0, i) for i in range(30)]
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        wait_until(
+            lambda: consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=OP_TIMEOUT_S, cached=False)
+            == (30, 30),
+            what="retention to delete every expired record",
+        )
+        fresh = dict(partition=0, key=b"new", value=b"fresh", headers=[], timestamp=now_ms())
+        assert produce_ok(producer, topic, [fresh]) == [(0, 30)]
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = [to_rec(m) for m in consume_n(consumer, 1)]
+    finally:
+        consumer.close()
+    assert got == expected_recs([fresh], [30])

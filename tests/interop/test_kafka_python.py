@@ -30,6 +30,8 @@ def producer(ferry, **extra) -> KafkaProducer:
         acks="all",
         enable_idempotence=False,  # InitProducerId is not implemented yet
         linger_ms=5,
+        # One request at a time; pipelining has its own test below.
+        max_in_flight_requests_per_connection=1,
         request_timeout_ms=TIMEOUT_MS,
     )
     conf.update(extra)
@@ -205,6 +207,21 @@ def test_gzip_producer(ferry):
     finally:
         c.close()
     assert [(r.offset, r.key, r.value) for r in got] == [(i, s["key"], s["value"]) for i, s in enumerate(specs)]
+
+
+def test_pipelined_sends_keep_order(ferry):
+    """kafka-python's default of 5 requests in flight: the partition must
+    keep the order of send() calls."""
+    topic = unique_topic("kppipe")
+    create(ferry, topic)
+    specs = [dict(partition=0, value=b"%05d" % i) for i in range(3000)]
+    p = producer(ferry, max_in_flight_requests_per_connection=5, batch_size=1024, linger_ms=10)
+    try:
+        metas = _produce(p, topic, specs)
+    finally:
+        p.close()
+    misplaced = [(i, m.offset) for i, m in enumerate(metas) if m.offset != i]
+    assert misplaced == [], f"{len(misplaced)} of 3000 records not at their send() position, first (index, offset): {misplaced[:5]}"
 
 
 def test_kafka_python_producer_confluent_consumer(ferry):
