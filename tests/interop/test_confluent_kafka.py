@@ -881,3 +881,185 @@ def test_retention_ms_deletes_expired_segments_including_the_active_one(ferry):
     finally:
         consumer.close()
     assert got == expected_recs([fresh], [30])
+
+
+# --------------------------------------------------------------------------
+# more admin
+
+
+@pytest.mark.ferry_args("--default-partitions", "4")
+def test_broker_configs_are_described_and_static(ferry):
+    admin = admin_client(ferry.bootstrap)
+    res = ConfigResource(ResourceType.BROKER, "0")
+    entries = admin.describe_configs([res], request_timeout=OP_TIMEOUT_S)[res].result(timeout=OP_TIMEOUT_S)
+    view = {k: (e.value, ConfigSource(e.source), e.is_read_only) for k, e in entries.items()}
+    static = ConfigSource.STATIC_BROKER_CONFIG
+    assert view["num.partitions"] == ("4", static, True)
+    assert view["auto.create.topics.enable"] == ("true", static, True)
+    assert view["broker.id"] == ("0", static, True)
+
+    change = ConfigResource(
+        ResourceType.BROKER,
+        "0",
+        incremental_configs=[ConfigEntry("num.partitions", "3", incremental_operation=AlterConfigOpType.SET)],
+    )
+    fut = admin.incremental_alter_configs([change], request_timeout=OP_TIMEOUT_S)[change]
+    expect_admin_error(fut, KafkaError.INVALID_REQUEST)
+
+
+def test_list_offsets_of_an_empty_partition(ferry):
+    topic = unique_topic("empty")
+    create_topic(ferry.bootstrap, topic)
+    admin = admin_client(ferry.bootstrap)
+    tp = TopicPartition(topic, 0)
+    got = {}
+    for label, spec in [
+        ("earliest", OffsetSpec.earliest()),
+        ("latest", OffsetSpec.latest()),
+        ("max_timestamp", OffsetSpec.max_timestamp()),
+        ("for_timestamp", OffsetSpec.for_timestamp(1000)),
+    ]:
+        info = admin.list_offsets({tp: spec}, request_timeout=OP_TIMEOUT_S)[tp].result(timeout=OP_TIMEOUT_S)
+        got[label] = (info.offset, info.timestamp)
+    assert got == {
+        "earliest": (0, -1),
+        "latest": (0, -1),
+        "max_timestamp": (-1, -1),
+        "for_timestamp": (-1, -1),
+    }
+
+
+def test_create_partitions_validate_only_changes_nothing(ferry):
+    admin = admin_client(ferry.bootstrap)
+    topic = unique_topic("growdry")
+    create_topic(admin, topic, partitions=2)
+    admin.create_partitions([NewPartitions(topic, 6)], validate_only=True, request_timeout=OP_TIMEOUT_S)[topic].result(
+        timeout=OP_TIMEOUT_S
+    )
+    md = admin.list_topics(topic=topic, timeout=OP_TIMEOUT_S)
+    assert sorted(md.topics[topic].partitions) == [0, 1]
+    assert sorted(os.listdir(ferry.data_dir / "topics" / topic)) == ["0", "1"]
+
+
+def test_colliding_names_and_too_many_partitions(ferry):
+    admin = admin_client(ferry.bootstrap)
+    base = unique_topic("coll").replace("-", "_")
+    create_topic(admin, f"{base}_x")
+    # '.' and '_' collide in Kafka's metric names, so Kafka refuses the second.
+    dotted = f"{base}.x"
+    fut = admin.create_topics([NewTopic(dotted, num_partitions=1, replication_factor=1)], request_timeout=OP_TIMEOUT_S)[
+        dotted
+    ]
+    expect_admin_error(fut, KafkaError.TOPIC_EXCEPTION)
+    huge = unique_topic("huge")
+    fut = admin.create_topics([NewTopic(huge, num_partitions=10_001, replication_factor=1)], request_timeout=OP_TIMEOUT_S)[
+        huge
+    ]
+    expect_admin_error(fut, KafkaError.INVALID_PARTITIONS)
+    topics = admin.list_topics(timeout=OP_TIMEOUT_S).topics
+    assert dotted not in topics and huge not in topics
+    assert sorted(os.listdir(ferry.data_dir / "topics")) == [f"{base}_x"]
+
+
+def test_concurrent_producers_on_one_partition(ferry):
+    """Four producers (four connections) appending to one partition at once:
+    every record gets exactly one offset, and each producer's records keep
+    their order."""
+    import threading
+
+    topic = unique_topic("concurrent")
+    create_topic(ferry.bootstrap, topic)
+    n, per = 4, 400
+    results: dict = {}
+    errors: list = []
+
+    def run(w):
+        try:
+            p = make_producer(ferry.bootstrap, **{"linger.ms": 2, "batch.num.messages": 25})
+            msgs = [dict(partition=0, key=b"w%d" % w, value=b"w%d-%04d" % (w, i)) for i in range(per)]
+            results[w] = produce_ok(p, topic, msgs, timeout=60)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    all_offsets = sorted(off for w in range(n) for _, off in results[w])
+    assert all_offsets == list(range(n * per))
+    for w in range(n):
+        offs = [off for _, off in results[w]]
+        assert offs == sorted(offs), f"producer {w}'s records out of order"
+
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = consume_n(consumer, n * per, timeout=60)
+    finally:
+        consumer.close()
+    stored = {m.offset(): m.value() for m in got}
+    for w in range(n):
+        assert [stored[off] for _, off in results[w]] == [b"w%d-%04d" % (w, i) for i in range(per)]
+
+
+def test_large_message_round_trip(ferry):
+    topic = unique_topic("large")
+    create_topic(ferry.bootstrap, topic)
+    big = os.urandom(900_000)
+    producer = make_producer(ferry.bootstrap, **{"compression.type": "none"})
+    assert produce_ok(producer, topic, [dict(key=b"big", value=big), dict(key=b"small", value=b"s")]) == [(0, 0), (0, 1)]
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        got = consume_n(consumer, 2)
+    finally:
+        consumer.close()
+    assert [(m.offset(), m.key(), m.value()) for m in got] == [(0, b"big", big), (1, b"small", b"s")]
+
+
+def test_admin_changes_survive_restart_and_sigkill(ferry):
+    """Catalog changes (created, grown, reconfigured, deleted topics) are
+    journaled: a clean restart and a SIGKILL both bring back the same state."""
+    admin = admin_client(ferry.bootstrap)
+    keep, grow, gone = unique_topic("keep"), unique_topic("grow"), unique_topic("gone")
+    create_topic(admin, keep, config={"retention.ms": "3600000"})
+    create_topic(admin, grow, partitions=1)
+    create_topic(admin, gone, partitions=3)
+    admin.create_partitions([NewPartitions(grow, 3)], request_timeout=OP_TIMEOUT_S)[grow].result(timeout=OP_TIMEOUT_S)
+    res = ConfigResource(
+        ResourceType.TOPIC,
+        keep,
+        incremental_configs=[
+            ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+            ConfigEntry("segment.ms", "120000", incremental_operation=AlterConfigOpType.SET),
+        ],
+    )
+    admin.incremental_alter_configs([res], request_timeout=OP_TIMEOUT_S)[res].result(timeout=OP_TIMEOUT_S)
+    admin.delete_topics([gone], request_timeout=OP_TIMEOUT_S)[gone].result(timeout=OP_TIMEOUT_S)
+    produce_ok(make_producer(ferry.bootstrap), grow, [dict(partition=2, value=b"p2")])
+
+    def state():
+        a = admin_client(ferry.bootstrap)
+        md = a.list_topics(timeout=OP_TIMEOUT_S)
+        topics = {name: sorted(t.partitions) for name, t in md.topics.items()}
+        return topics, config_view(describe_topic_configs(a, keep)), md.cluster_id
+
+    expected_topics = {keep: [0], grow: [0, 1, 2]}
+    before = state()
+    assert before[0] == expected_topics
+    assert before[1]["segment.ms"] == ("120000", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+    assert before[1]["retention.ms"] == ("604800000", ConfigSource.DEFAULT_CONFIG)
+
+    ferry.restart()
+    assert state() == before
+    ferry.kill9()
+    ferry.start()
+    assert state() == before
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        consumer.assign([TopicPartition(grow, 2, OFFSET_BEGINNING)])
+        assert [m.value() for m in consume_n(consumer, 1)] == [b"p2"]
+    finally:
+        consumer.close()

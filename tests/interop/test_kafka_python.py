@@ -331,3 +331,78 @@ def test_admin_errors_for_existing_invalid_and_missing_topics(ferry):
     finally:
         a.close()
     assert not (ferry.data_dir.parent / "etc").exists() and not (ferry.data_dir.parents[1] / "etc").exists()
+
+
+@pytest.mark.ferry_args("--default-partitions", "4")
+def test_create_topics_partition_counts_and_validate_only(ferry):
+    a = admin(ferry)
+    try:
+        by_default = unique_topic("kpdef")
+        r = a.create_topics({by_default: {}}, timeout_ms=TIMEOUT_MS)["topics"][0]
+        assert (r["name"], r["error_code"], r["num_partitions"], r["replication_factor"]) == (by_default, 0, 4, 1)
+
+        # validate_only answers what would be created, and creates nothing.
+        dry = unique_topic("kpdry")
+        r = a.create_topics({dry: {"num_partitions": 2, "replication_factor": 1}}, validate_only=True)["topics"][0]
+        assert (r["error_code"], r["num_partitions"]) == (0, 2), r
+        r = a.create_topics({dry: {}}, validate_only=True)["topics"][0]
+        assert (r["error_code"], r["num_partitions"]) == (0, 4), r
+        assert sorted(a.list_topics()) == [by_default]
+    finally:
+        a.close()
+
+
+def test_create_topic_with_replica_assignments(ferry):
+    a = admin(ferry)
+    try:
+        topic = unique_topic("kpasg")
+        r = a.create_topics({topic: {"assignments": {0: [0], 1: [0], 2: [0]}}}, timeout_ms=TIMEOUT_MS)["topics"][0]
+        assert (r["error_code"], r["num_partitions"], r["replication_factor"]) == (0, 3, 1)
+        (described,) = a.describe_topics([topic])
+        assert sorted(p["partition_index"] for p in described["partitions"]) == [0, 1, 2]
+
+        # Kafka: an assignment naming a broker that is not registered is an
+        # invalid replica assignment (error 39).
+        bad = unique_topic("kpasgbad")
+        with pytest.raises(Errors.InvalidReplicationAssignmentError):
+            a.create_topics({bad: {"assignments": {0: [1]}}}, timeout_ms=TIMEOUT_MS)
+        assert bad not in a.list_topics()
+    finally:
+        a.close()
+
+
+def test_describe_and_delete_topics_by_id(ferry):
+    import uuid
+
+    a = admin(ferry)
+    try:
+        topic = unique_topic("kpid")
+        r = a.create_topics({topic: {"num_partitions": 2, "replication_factor": 1}}, timeout_ms=TIMEOUT_MS)["topics"][0]
+        topic_id = uuid.UUID(str(r["topic_id"]))
+        assert topic_id.int != 0
+        (by_name,) = a.describe_topics([topic])
+        assert uuid.UUID(str(by_name["topic_id"])) == topic_id
+        (by_id,) = a.describe_topics([topic_id])
+        assert by_id["name"] == topic and by_id["error_code"] == 0
+        deleted = a.delete_topics([topic_id], timeout_ms=TIMEOUT_MS)["topics"]
+        assert [(d["name"], uuid.UUID(str(d["topic_id"])), d["error_code"]) for d in deleted] == [(topic, topic_id, 0)]
+        assert topic not in a.list_topics()
+    finally:
+        a.close()
+
+
+def test_metadata_lookup_does_not_create_topics(ferry):
+    """Metadata v4+ says whether to auto-create; a consumer asking about a
+    topic must not create it."""
+    topic = unique_topic("kpghost")
+    c = consumer(ferry)
+    try:
+        assert not c.partitions_for_topic(topic)
+    finally:
+        c.close()
+    a = admin(ferry)
+    try:
+        assert topic not in a.list_topics()
+    finally:
+        a.close()
+    assert not (ferry.data_dir / "topics" / topic).exists()
