@@ -1063,3 +1063,38 @@ def test_admin_changes_survive_restart_and_sigkill(ferry):
         assert [m.value() for m in consume_n(consumer, 1)] == [b"p2"]
     finally:
         consumer.close()
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd", "gzip"])
+def test_offsets_for_times_across_segments_and_compressed_batches(ferry, codec):
+    """Timestamp lookups against many segments and time-index entries, with
+    timestamps that go back now and then, inside compressed batches: the
+    answer is always the first offset whose timestamp is >= the target."""
+    topic = unique_topic(f"tsseg-{codec}")
+    create_topic(ferry.bootstrap, topic, config={"segment.bytes": "2048", "index.interval.bytes": "200"})
+    base = now_ms() - 1_000_000
+    n = 300
+    stamps = [base + i * 10 + (35 if i % 7 == 3 else 0) - (25 if i % 11 == 5 else 0) for i in range(n)]
+    msgs = [dict(partition=0, value=b"%04d" % i + os.urandom(40), timestamp=stamps[i]) for i in range(n)]
+    producer = make_producer(ferry.bootstrap, **{"compression.type": codec, "linger.ms": 100, "batch.num.messages": 10})
+    assert produce_ok(producer, topic, msgs) == [(0, i) for i in range(n)]
+    part_dir = ferry.data_dir / "topics" / topic / "0"
+    assert len(list(part_dir.glob("*.log"))) > 3, "expected the data to span several segments"
+
+    def expected(target):
+        for i, ts in enumerate(stamps):
+            if ts >= target:
+                return i
+        return -1
+
+    consumer = make_consumer(ferry.bootstrap)
+    try:
+        targets = sorted({base - 5, base, *range(base + 1, stamps[-1] + 40, 37), max(stamps), max(stamps) + 1})
+        mismatches = []
+        for target in targets:
+            got = consumer.offsets_for_times([TopicPartition(topic, 0, target)], timeout=OP_TIMEOUT_S)[0]
+            if (got.offset, got.error) != (expected(target), None):
+                mismatches.append((target - base, got.offset, expected(target)))
+        assert mismatches == [], f"(target - base, got, want): {mismatches[:10]}"
+    finally:
+        consumer.close()
