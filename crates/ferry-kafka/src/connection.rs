@@ -139,9 +139,9 @@ async fn read_requests(
         }
         let frame: Bytes = frame.freeze();
         let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
-        let ctx = ctx.clone();
+        let work = handlers::start(ctx.clone(), request, frame);
         let task = tokio::spawn(async move {
-            let outcome = handlers::handle(&ctx, request, frame).await;
+            let outcome = work.await;
             drop(permit);
             outcome
         });

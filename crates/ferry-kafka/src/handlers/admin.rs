@@ -39,12 +39,20 @@ fn duplicate_names<'a>(names: impl Iterator<Item = &'a str>) -> HashSet<String> 
     dups
 }
 
+/// A Kafka error code with the message that explains it.
+type Refusal = (ResponseError, String);
+
+fn refusal(e: CoreError) -> Refusal {
+    (kafka_error(&e), e.to_string())
+}
+
 /// Checks a CreateTopics entry against what one broker can do and returns the
 /// partition count to create (`None`: the broker default).
-fn partitions_for(ctx: &Ctx, t: &CreatableTopic) -> Result<Option<u32>, CoreError> {
+fn partitions_for(ctx: &Ctx, t: &CreatableTopic) -> Result<Option<u32>, Refusal> {
     if !t.assignments.is_empty() {
         if t.num_partitions != -1 || t.replication_factor != -1 {
-            return Err(CoreError::InvalidPartitions(
+            return Err((
+                ResponseError::InvalidRequest,
                 "give either replica assignments or a partition count and replication factor, not both".into(),
             ));
         }
@@ -53,24 +61,27 @@ fn partitions_for(ctx: &Ctx, t: &CreatableTopic) -> Result<Option<u32>, CoreErro
             .iter()
             .any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1)
         {
-            return Err(CoreError::InvalidReplicationFactor(format!(
-                "this cluster has one broker (id {node}); every partition must be assigned to it alone"
-            )));
+            return Err((
+                ResponseError::InvalidReplicaAssignment,
+                format!(
+                    "this cluster has one broker (id {node}); every partition must be assigned to it alone"
+                ),
+            ));
         }
         return Ok(Some(t.assignments.len() as u32));
     }
     if t.replication_factor != -1 && t.replication_factor != 1 {
-        return Err(CoreError::InvalidReplicationFactor(format!(
+        return Err(refusal(CoreError::InvalidReplicationFactor(format!(
             "replication factor {} is larger than the number of available brokers (1)",
             t.replication_factor
-        )));
+        ))));
     }
     match t.num_partitions {
         -1 => Ok(None),
         n if n >= 1 => Ok(Some(n as u32)),
-        n => Err(CoreError::InvalidPartitions(format!(
+        n => Err(refusal(CoreError::InvalidPartitions(format!(
             "number of partitions must be at least 1, not {n}"
-        ))),
+        )))),
     }
 }
 
@@ -103,19 +114,16 @@ pub(crate) async fn create_topics(
             })
             .collect();
         let created = partitions_for(ctx, &t).and_then(|partitions| {
+            let count = partitions.unwrap_or(ctx.broker.config().default_partitions);
             ctx.broker
                 .create_topic(&name, partitions, &configs, req.validate_only)
+                .map(|topic| (topic, count))
+                .map_err(refusal)
         });
         match created {
-            Ok(topic) => {
-                let partitions = if req.validate_only {
-                    t.num_partitions
-                        .max(ctx.broker.config().default_partitions as i32)
-                } else {
-                    topic.partition_count() as i32
-                };
+            Ok((topic, count)) => {
                 result.topic_id = topic.id;
-                result.num_partitions = partitions;
+                result.num_partitions = count as i32;
                 result.replication_factor = 1;
                 let described = ferry_core::topic_config::describe(
                     &ctx.broker.config().topic_defaults,
@@ -133,9 +141,9 @@ pub(crate) async fn create_topics(
                         .collect(),
                 );
             }
-            Err(e) => {
-                result.error_code = kafka_error(&e).code();
-                result.error_message = message(&e);
+            Err((code, text)) => {
+                result.error_code = code.code();
+                result.error_message = message(&text);
             }
         }
         response.topics.push(result);

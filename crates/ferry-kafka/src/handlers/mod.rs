@@ -10,7 +10,10 @@ mod metadata;
 mod offsets;
 mod produce;
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
@@ -111,7 +114,41 @@ pub(crate) fn encode_response<R: Encodable>(
     }
 }
 
-pub(crate) async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
+/// Starts a request. Produce appends happen right here, synchronously, so
+/// that requests pipelined on one connection are appended in the order they
+/// were sent (Kafka serves one request per connection at a time); all the
+/// waiting (fsync, long polls) happens in the returned future, which the
+/// connection runs concurrently with later requests.
+pub(crate) fn start(ctx: Arc<Ctx>, request: Request, frame: Bytes) -> BoxFuture<'static, Outcome> {
+    let api_key = request.api_key;
+    let version = request.header.request_api_version;
+    if api_key != ApiKey::Produce || !versions::is_supported(api_key, version) {
+        return Box::pin(async move { handle(&ctx, request, frame).await });
+    }
+    let correlation_id = request.header.correlation_id;
+    let mut body = frame.slice(request.body_start..);
+    let appended = match ProduceRequest::decode(&mut body, version) {
+        Ok(req) => produce::append(&ctx, req),
+        Err(e) => {
+            let reason = format!("malformed Produce v{version} request: {e}");
+            return Box::pin(std::future::ready(Outcome::Close(reason)));
+        }
+    };
+    Box::pin(async move {
+        match appended.finish().await {
+            Some(response) => encode_response(
+                api_key,
+                version,
+                api_key.response_header_version(version),
+                correlation_id,
+                &response,
+            ),
+            None => Outcome::NoResponse,
+        }
+    })
+}
+
+async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
     let api_key = request.api_key;
     let version = request.header.request_api_version;
     let correlation_id = request.header.correlation_id;
@@ -148,24 +185,6 @@ pub(crate) async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome
     }
 
     match api_key {
-        ApiKey::Produce => {
-            let req = match ProduceRequest::decode(&mut body, version) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Outcome::Close(format!("malformed Produce v{version} request: {e}"));
-                }
-            };
-            match produce::handle(ctx, req, version).await {
-                Some(response) => encode_response(
-                    api_key,
-                    version,
-                    api_key.response_header_version(version),
-                    correlation_id,
-                    &response,
-                ),
-                None => Outcome::NoResponse,
-            }
-        }
         ApiKey::Fetch => dispatch!(FetchRequest, fetch::handle),
         ApiKey::ListOffsets => dispatch!(ListOffsetsRequest, offsets::handle),
         ApiKey::Metadata => dispatch!(MetadataRequest, metadata::handle),

@@ -21,12 +21,19 @@ struct Pending {
     info: AppendInfo,
 }
 
-/// Returns `None` for acks=0, which gets no response.
-pub(crate) async fn handle(
-    ctx: &Ctx,
-    req: ProduceRequest,
-    _version: i16,
-) -> Option<ProduceResponse> {
+/// A produce request whose batches are appended and whose answer waits for
+/// durability.
+pub(crate) struct Appended {
+    acks: i16,
+    response: ProduceResponse,
+    pending: Vec<Pending>,
+}
+
+/// Appends every partition's batches now. Called in the order requests
+/// arrive on a connection, so that pipelined produce requests are stored in
+/// the order they were sent, as Kafka (one request per connection at a time)
+/// guarantees.
+pub(crate) fn append(ctx: &Ctx, req: ProduceRequest) -> Appended {
     let acks = req.acks;
     let mut response = ProduceResponse::default();
     let mut pending = Vec::new();
@@ -91,28 +98,45 @@ pub(crate) async fn handle(
         response.responses.push(topic_response);
     }
 
-    if acks == 0 {
-        // Nobody waits for the answer, but under fsync=always the records only
-        // become readable once an fsync covers them.
-        tokio::spawn(async move {
-            for p in pending {
-                if let Err(e) = p.log.wait_durable(&p.info).await {
-                    tracing::warn!(error = %e, "acks=0 append did not become durable");
-                }
-            }
-        });
-        return None;
+    Appended {
+        acks,
+        response,
+        pending,
     }
+}
 
-    let results = join_all(pending.iter().map(|p| p.log.wait_durable(&p.info))).await;
-    for (p, result) in pending.iter().zip(results) {
-        if let Err(e) = result {
-            tracing::error!(error = %e, "append did not become durable");
-            let part = &mut response.responses[p.topic].partition_responses[p.partition];
-            part.error_code = log_error(&e).code();
-            part.error_message = message(&e);
-            part.base_offset = -1;
+impl Appended {
+    /// Waits until the appends are durable under their topics' fsync policy.
+    /// Returns `None` for acks=0, which gets no response.
+    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
+        let Appended {
+            acks,
+            mut response,
+            pending,
+        } = self;
+        if acks == 0 {
+            // Nobody waits for the answer, but under fsync=always the records only
+            // become readable once an fsync covers them.
+            tokio::spawn(async move {
+                for p in pending {
+                    if let Err(e) = p.log.wait_durable(&p.info).await {
+                        tracing::warn!(error = %e, "acks=0 append did not become durable");
+                    }
+                }
+            });
+            return None;
         }
+
+        let results = join_all(pending.iter().map(|p| p.log.wait_durable(&p.info))).await;
+        for (p, result) in pending.iter().zip(results) {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "append did not become durable");
+                let part = &mut response.responses[p.topic].partition_responses[p.partition];
+                part.error_code = log_error(&e).code();
+                part.error_message = message(&e);
+                part.base_offset = -1;
+            }
+        }
+        Some(response)
     }
-    Some(response)
 }
