@@ -9,6 +9,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod producers;
 
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ use futures_util::future::BoxFuture;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    RequestHeader, ResponseHeader,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -198,6 +199,7 @@ async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
             dispatch!(IncrementalAlterConfigsRequest, configs::incremental_alter)
         }
         ApiKey::FindCoordinator => dispatch!(FindCoordinatorRequest, groups::find_coordinator),
+        ApiKey::InitProducerId => dispatch!(InitProducerIdRequest, producers::init_producer_id),
         other => groups::unsupported(other, version, correlation_id, &mut body),
     }
 }
