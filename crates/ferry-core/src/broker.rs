@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::CoreError;
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::names::{collision_key, validate_topic_name};
 use crate::topic_config::{self, ConfigEntry, ConfigOp};
 
@@ -44,6 +45,8 @@ pub struct BrokerConfig {
     pub topic_defaults: BTreeMap<String, String>,
     /// Kafka's `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// Consumer-group coordinator settings.
+    pub groups: GroupConfig,
 }
 
 impl BrokerConfig {
@@ -54,6 +57,7 @@ impl BrokerConfig {
             default_partitions: 1,
             topic_defaults: BTreeMap::new(),
             retention_check_interval_ms: 60_000,
+            groups: GroupConfig::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub struct Broker {
     /// journal append so that two creates of one name cannot both succeed.
     catalog: Mutex<Catalog>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    groups: Arc<GroupCoordinator>,
     /// Holds the directory's flock for the broker's lifetime.
     _lock_file: File,
 }
@@ -151,12 +156,18 @@ impl Broker {
         }
         let (catalog, records) = Catalog::open(dir)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let groups = Arc::new(GroupCoordinator::open(
+            dir,
+            config.groups.clone(),
+            clock.clone(),
+        )?);
         let broker = Broker {
             config,
             cluster_id,
             clock,
             catalog: Mutex::new(catalog),
             topics: RwLock::new(BTreeMap::new()),
+            groups,
             _lock_file: lock_file,
         };
         for (name, record) in records {
@@ -259,6 +270,12 @@ impl Broker {
                 }
             }
         });
+    }
+
+    /// The consumer-group coordinator; run its timers with
+    /// `tokio::spawn(broker.groups().clone().run_timers())`.
+    pub fn groups(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
     }
 
     pub fn cluster_id(&self) -> &str {

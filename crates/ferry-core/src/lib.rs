@@ -9,6 +9,7 @@
 mod broker;
 mod catalog;
 mod error;
+pub mod group;
 pub mod names;
 pub mod topic_config;
 
