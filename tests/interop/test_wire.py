@@ -19,6 +19,17 @@ EXPECTED_APIS = {
     37: (0, 3),  # CreatePartitions
     44: (0, 1),  # IncrementalAlterConfigs
     60: (0, 1),  # DescribeCluster
+    10: (0, 4),  # FindCoordinator
+    11: (0, 9),  # JoinGroup
+    14: (0, 5),  # SyncGroup
+    12: (0, 4),  # Heartbeat
+    13: (0, 5),  # LeaveGroup
+    8: (2, 9),  # OffsetCommit
+    9: (1, 9),  # OffsetFetch
+    16: (0, 4),  # ListGroups
+    15: (0, 5),  # DescribeGroups
+    42: (0, 2),  # DeleteGroups
+    47: (0, 0),  # OffsetDelete
 }
 
 

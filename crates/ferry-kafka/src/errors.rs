@@ -1,6 +1,7 @@
 //! The one place where broker and storage errors become Kafka error codes.
 
 use ferry_core::CoreError;
+use ferry_core::group::GroupError;
 use ferry_log::LogError;
 use ferry_log::batch::BatchError;
 use kafka_protocol::ResponseError;
@@ -41,6 +42,26 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
         LogError::Io { .. } | LogError::CorruptSegment { .. } | LogError::NotDurable => {
             ResponseError::KafkaStorageError
         }
+    }
+}
+
+pub(crate) fn group_error(e: &GroupError) -> ResponseError {
+    match e {
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        // Retriable: the client tries again, as after a coordinator move.
+        GroupError::Storage(_) => ResponseError::CoordinatorNotAvailable,
     }
 }
 

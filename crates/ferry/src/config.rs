@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use ferry_core::group::GroupConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
@@ -56,6 +58,22 @@ pub struct ServeArgs {
     /// How often retention deletes old segments, in ms [default: 60000].
     #[arg(long, env = "FERRY_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// How long an empty group's first rebalance waits for more members, in ms [default: 3000].
+    #[arg(
+        long,
+        env = "FERRY_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS"
+    )]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Shortest consumer session timeout accepted, in ms [default: 6000].
+    #[arg(long, env = "FERRY_GROUP_MIN_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub group_min_session_timeout_ms: Option<u64>,
+    /// Longest consumer session timeout accepted, in ms [default: 1800000].
+    #[arg(long, env = "FERRY_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub group_max_session_timeout_ms: Option<u64>,
+    /// How long committed offsets of a group without members are kept, in minutes [default: 10080].
+    #[arg(long, env = "FERRY_OFFSETS_RETENTION_MINUTES", value_name = "MINUTES")]
+    pub offsets_retention_minutes: Option<u64>,
     /// Log output: human or json [default: human].
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -74,6 +92,17 @@ struct FileConfig {
     topics: FileTopics,
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    groups: FileGroups,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGroups {
+    initial_rebalance_delay_ms: Option<u64>,
+    min_session_timeout_ms: Option<u64>,
+    max_session_timeout_ms: Option<u64>,
+    offsets_retention_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +132,7 @@ pub struct Settings {
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
     pub topic_defaults: BTreeMap<String, String>,
+    pub groups: GroupConfig,
     pub log_format: LogFormat,
 }
 
@@ -175,9 +205,47 @@ impl Settings {
                 .or(file.topics.retention_check_interval_ms)
                 .unwrap_or(60_000),
             topic_defaults,
+            groups: group_config(args, &file.groups)?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
+}
+
+fn group_config(args: &ServeArgs, file: &FileGroups) -> anyhow::Result<GroupConfig> {
+    let defaults = GroupConfig::default();
+    let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+        flag.or(file).map(Duration::from_millis).unwrap_or(default)
+    };
+    let config = GroupConfig {
+        initial_rebalance_delay: ms(
+            args.group_initial_rebalance_delay_ms,
+            file.initial_rebalance_delay_ms,
+            defaults.initial_rebalance_delay,
+        ),
+        session_timeout_min: ms(
+            args.group_min_session_timeout_ms,
+            file.min_session_timeout_ms,
+            defaults.session_timeout_min,
+        ),
+        session_timeout_max: ms(
+            args.group_max_session_timeout_ms,
+            file.max_session_timeout_ms,
+            defaults.session_timeout_max,
+        ),
+        offsets_retention: args
+            .offsets_retention_minutes
+            .or(file.offsets_retention_minutes)
+            .map(|m| Duration::from_secs(m * 60))
+            .unwrap_or(defaults.offsets_retention),
+    };
+    if config.session_timeout_min > config.session_timeout_max {
+        bail!(
+            "--group-min-session-timeout-ms ({} ms) is above --group-max-session-timeout-ms ({} ms)",
+            config.session_timeout_min.as_millis(),
+            config.session_timeout_max.as_millis()
+        );
+    }
+    Ok(config)
 }
 
 /// Splits `HOST:PORT` (IPv6 hosts in brackets).

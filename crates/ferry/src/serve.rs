@@ -49,6 +49,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     broker_config.default_partitions = settings.default_partitions;
     broker_config.topic_defaults = settings.topic_defaults.clone();
     broker_config.retention_check_interval_ms = settings.retention_check_interval_ms;
+    broker_config.groups = settings.groups.clone();
 
     // Bind before opening the data directory, so a taken port fails fast.
     let (kafka_listener, kafka_addr) =
@@ -75,6 +76,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     kafka_config.request_bytes_max = settings.kafka_request_bytes_max;
 
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    let group_timers = tokio::spawn(broker.groups().clone().run_timers());
     let kafka = tokio::spawn(ferry_kafka::serve(
         kafka_listener,
         broker.clone(),
@@ -89,6 +91,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     kafka.abort();
     maintenance.abort();
+    group_timers.abort();
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())
         .await

@@ -132,6 +132,19 @@ pub struct JoinResponse {
     pub members: Vec<JoinedMember>,
 }
 
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub generation_id: i32,
+    /// Checked against the group's when given (SyncGroup v5+).
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    /// (member id, assignment); only the leader sends these.
+    pub assignments: Vec<(String, Bytes)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncResponse {
     pub protocol_type: Option<String>,
@@ -254,28 +267,12 @@ impl GroupCoordinator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn sync(
-        &self,
-        group_id: &str,
-        member_id: &str,
-        group_instance_id: Option<&str>,
-        generation_id: i32,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-        assignments: Vec<(String, Bytes)>,
-    ) -> Result<SyncResponse, GroupError> {
-        Self::check_group_id(group_id)?;
-        let group = self.group(group_id).ok_or(GroupError::UnknownMemberId)?;
-        let outcome = lock(&group).sync(
-            member_id,
-            group_instance_id,
-            generation_id,
-            protocol_type,
-            protocol_name,
-            assignments,
-            Instant::now(),
-        );
+    pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        Self::check_group_id(&req.group_id)?;
+        let group = self
+            .group(&req.group_id)
+            .ok_or(GroupError::UnknownMemberId)?;
+        let outcome = lock(&group).sync(req, Instant::now());
         match outcome {
             SyncOutcome::Now(result) => result,
             SyncOutcome::Wait(rx) => rx.await.unwrap_or(Err(GroupError::RebalanceInProgress)),
@@ -338,13 +335,12 @@ impl GroupCoordinator {
                 GroupState::Dead => return Err(GroupError::CoordinatorNotAvailable),
                 GroupState::Empty if generation_id < 0 => {}
                 _ => {
-                    if let Some(instance) = group_instance_id {
-                        if g.static_members
+                    if let Some(instance) = group_instance_id
+                        && g.static_members
                             .get(instance)
                             .is_some_and(|m| m != member_id)
-                        {
-                            return Err(GroupError::FencedInstanceId);
-                        }
+                    {
+                        return Err(GroupError::FencedInstanceId);
                     }
                     if !g.members.contains_key(member_id) {
                         return Err(GroupError::UnknownMemberId);

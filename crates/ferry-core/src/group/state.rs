@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{GroupConfig, GroupError, JoinRequest, JoinResponse, JoinedMember, SyncResponse};
+use super::{
+    GroupConfig, GroupError, JoinRequest, JoinResponse, JoinedMember, SyncRequest, SyncResponse,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -165,10 +167,9 @@ impl Group {
                 .protocols
                 .iter()
                 .find(|(n, _)| candidates.contains(&n.as_str()))
+                && let Some(v) = votes.iter_mut().find(|(c, _)| c == name)
             {
-                if let Some(v) = votes.iter_mut().find(|(c, _)| c == name) {
-                    v.1 += 1;
-                }
+                v.1 += 1;
             }
         }
         // The first of the most-voted, in the first member's preference order.
@@ -231,11 +232,11 @@ impl Group {
 
     fn wait_for_join(&mut self, member_id: &str) -> JoinOutcome {
         let (tx, rx) = oneshot::channel();
-        if let Some(m) = self.members.get_mut(member_id) {
-            if let Some(old) = m.join_waiter.replace(tx) {
-                // A client that re-sent JoinGroup has given up on the old call.
-                let _ = old.send(Err(GroupError::RebalanceInProgress));
-            }
+        if let Some(m) = self.members.get_mut(member_id)
+            && let Some(old) = m.join_waiter.replace(tx)
+        {
+            // A client that re-sent JoinGroup has given up on the old call.
+            let _ = old.send(Err(GroupError::RebalanceInProgress));
         }
         JoinOutcome::Wait(rx)
     }
@@ -469,10 +470,10 @@ impl Group {
     fn remove_member(&mut self, member_id: &str, error: GroupError) {
         if let Some(mut m) = self.members.remove(member_id) {
             m.fail_waiters(error);
-            if let Some(instance) = &m.group_instance_id {
-                if self.static_members.get(instance).map(String::as_str) == Some(member_id) {
-                    self.static_members.remove(instance);
-                }
+            if let Some(instance) = &m.group_instance_id
+                && self.static_members.get(instance).map(String::as_str) == Some(member_id)
+            {
+                self.static_members.remove(instance);
             }
         }
         if self.leader_id.as_deref() == Some(member_id) {
@@ -480,16 +481,20 @@ impl Group {
         }
     }
 
-    pub fn sync(
-        &mut self,
-        member_id: &str,
-        instance: Option<&str>,
-        generation_id: i32,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-        assignments: Vec<(String, Bytes)>,
-        now: Instant,
-    ) -> SyncOutcome {
+    pub fn sync(&mut self, req: SyncRequest, now: Instant) -> SyncOutcome {
+        let SyncRequest {
+            member_id,
+            group_instance_id,
+            generation_id,
+            protocol_type,
+            protocol_name,
+            assignments,
+            ..
+        } = req;
+        let member_id = member_id.as_str();
+        let instance = group_instance_id.as_deref();
+        let protocol_type = protocol_type.as_deref();
+        let protocol_name = protocol_name.as_deref();
         if self.state == GroupState::Dead {
             return SyncOutcome::Now(Err(GroupError::CoordinatorNotAvailable));
         }

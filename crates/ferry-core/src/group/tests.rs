@@ -54,15 +54,15 @@ async fn sync(
     generation: i32,
     assign: Vec<(String, Bytes)>,
 ) -> Result<SyncResponse, GroupError> {
-    c.sync(
-        "g",
-        member,
-        None,
-        generation,
-        Some("consumer"),
-        None,
-        assign,
-    )
+    c.sync(SyncRequest {
+        group_id: "g".into(),
+        member_id: member.into(),
+        group_instance_id: None,
+        generation_id: generation,
+        protocol_type: Some("consumer".into()),
+        protocol_name: None,
+        assignments: assign,
+    })
     .await
 }
 

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, ResponseHeader,
+    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -158,7 +160,7 @@ async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
     if api_key == ApiKey::ApiVersions {
         return versions::handle_api_versions(version, correlation_id, &mut body);
     }
-    if !versions::is_supported(api_key, version) && !groups::answers_with_error(api_key, version) {
+    if !versions::is_supported(api_key, version) {
         return Outcome::Close(format!(
             "{api_key:?} v{version} is not supported (see ApiVersions)"
         ));
@@ -199,7 +201,29 @@ async fn handle(ctx: &Ctx, request: Request, frame: Bytes) -> Outcome {
             dispatch!(IncrementalAlterConfigsRequest, configs::incremental_alter)
         }
         ApiKey::FindCoordinator => dispatch!(FindCoordinatorRequest, groups::find_coordinator),
+        ApiKey::JoinGroup => {
+            // The member's client id comes from the request header.
+            let client_id = request
+                .header
+                .client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            dispatch!(JoinGroupRequest, |ctx, req, version| groups::join_group(
+                ctx, req, version, client_id
+            ))
+        }
+        ApiKey::SyncGroup => dispatch!(SyncGroupRequest, groups::sync_group),
+        ApiKey::Heartbeat => dispatch!(HeartbeatRequest, groups::heartbeat),
+        ApiKey::LeaveGroup => dispatch!(LeaveGroupRequest, groups::leave_group),
+        ApiKey::OffsetCommit => dispatch!(OffsetCommitRequest, groups::offset_commit),
+        ApiKey::OffsetFetch => dispatch!(OffsetFetchRequest, groups::offset_fetch),
+        ApiKey::ListGroups => dispatch!(ListGroupsRequest, groups::list_groups),
+        ApiKey::DescribeGroups => dispatch!(DescribeGroupsRequest, groups::describe_groups),
+        ApiKey::DeleteGroups => dispatch!(DeleteGroupsRequest, groups::delete_groups),
+        ApiKey::OffsetDelete => dispatch!(OffsetDeleteRequest, groups::offset_delete),
         ApiKey::InitProducerId => dispatch!(InitProducerIdRequest, producers::init_producer_id),
-        other => groups::unsupported(other, version, correlation_id, &mut body),
+        // is_supported() let only the keys above through.
+        other => Outcome::Close(format!("{other:?} v{version} has no handler")),
     }
 }
