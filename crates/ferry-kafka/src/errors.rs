@@ -29,9 +29,9 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
         LogError::InvalidBatch(b) => match b {
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
             BatchError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
-            BatchError::InvalidRecordCount { .. } | BatchError::ControlBatch => {
-                ResponseError::InvalidRecord
-            }
+            BatchError::InvalidRecordCount { .. }
+            | BatchError::ControlBatch
+            | BatchError::InvalidSequence { .. } => ResponseError::InvalidRecord,
             BatchError::Empty
             | BatchError::Truncated { .. }
             | BatchError::LengthTooSmall(_)
@@ -39,6 +39,10 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
             | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
         },
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        // Newer Produce versions keep INVALID_PRODUCER_EPOCH (47) for
+        // idempotent producers; PRODUCER_FENCED is for transactional ones.
+        LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        LogError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         LogError::Io { .. } | LogError::CorruptSegment { .. } | LogError::NotDurable => {
             ResponseError::KafkaStorageError
         }

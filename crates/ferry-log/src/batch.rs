@@ -55,6 +55,11 @@ pub enum BatchError {
     },
     #[error("control batches may not be produced by clients")]
     ControlBatch,
+    #[error("record batch of producer {producer_id} has invalid sequence number {base_sequence}")]
+    InvalidSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
 }
 
 /// The decoded 61-byte header of one batch.
@@ -164,7 +169,8 @@ pub fn check_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
 /// Splits the `records` field of a produce request into its batches and
 /// validates each as Kafka's broker does before appending: whole, v2, CRC
 /// intact, at most `max_batch_bytes`, a known codec, a record count that
-/// matches `lastOffsetDelta`, and not a control batch.
+/// matches `lastOffsetDelta`, not a control batch, and a sequence number if
+/// it has a producer id.
 pub fn validate_for_append(
     records: &[u8],
     max_batch_bytes: usize,
@@ -201,6 +207,13 @@ pub fn validate_for_append(
         }
         if header.is_control() {
             return Err(BatchError::ControlBatch);
+        }
+        // Kafka's LogValidator: a producer id without a sequence number.
+        if header.producer_id >= 0 && header.base_sequence < 0 {
+            return Err(BatchError::InvalidSequence {
+                producer_id: header.producer_id,
+                base_sequence: header.base_sequence,
+            });
         }
         headers.push(header);
         rest = &rest[size..];

@@ -38,6 +38,20 @@ pub enum LogError {
     /// Appended data was discarded before it became durable (an fsync failed).
     #[error("appended data was discarded before it became durable")]
     NotDurable,
+    /// A batch from an idempotent producer carries an epoch older than the
+    /// producer's current one (a fenced, "zombie" producer); nothing was written.
+    #[error(
+        "producer {producer_id} sent epoch {epoch}, older than its current epoch {current_epoch}"
+    )]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
+    /// A batch from an idempotent producer whose sequence number does not
+    /// follow the producer's last appended batch; nothing was written.
+    #[error("out of order sequence number from producer {producer_id}: {reason}")]
+    OutOfOrderSequence { producer_id: i64, reason: String },
 }
 
 impl LogError {

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod index;
 mod log;
+mod producer_state;
 mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -37,7 +37,8 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::watch;
 
 use crate::batch;
-use crate::segment::{self, BatchMeta, Mark, OpenMode, Segment};
+use crate::producer_state::{self, Prepared, ProducerBatch, ProducerStates, Stamp};
+use crate::segment::{self, BatchMeta, Mark, OpenMode, Segment, WalkEnd};
 use crate::{Clock, FsyncPolicy, LogConfig, LogError};
 
 /// Written by `close` once everything is fsynced and every index file is
@@ -67,6 +68,10 @@ pub struct AppendInfo {
     /// Bumped whenever unsynced data is discarded after a failed fsync; a waiter
     /// whose append belongs to an older generation gets `NotDurable`.
     pub generation: u64,
+    /// Every batch was a retry of one an idempotent producer appended before:
+    /// nothing was written, and the offsets are the original batch's. Waiting
+    /// for durability then waits for the original.
+    pub duplicate: bool,
 }
 
 /// Whole batches read from the log, as stored.
@@ -106,6 +111,9 @@ struct Inner {
     discards: VecDeque<(u64, i64)>,
     last_fsync_ms: i64,
     clean_marker_present: bool,
+    /// Idempotent producers' state, covering every batch written (durable or
+    /// not; a discard forgets what it cut off).
+    producers: ProducerStates,
 }
 
 impl Inner {
@@ -275,6 +283,9 @@ impl Core {
                 "durable mark outside the active segment; nothing discarded"
             );
         }
+        // A retried batch that was discarded must be written again, not
+        // answered as a duplicate of data that is gone.
+        inner.producers.truncate_from(durable.next_offset);
         inner
             .discards
             .push_back((inner.generation, durable.next_offset));
@@ -345,9 +356,9 @@ impl Log {
             let entry = entry.map_err(dir_err)?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if segment::is_stale_index_temp(name) {
-                // Left by a crash while an index file was being replaced; the
-                // index it was replacing is either intact or rebuilt below.
+            if segment::is_stale_index_temp(name) || producer_state::is_stale_snapshot_temp(name) {
+                // Left by a crash while an index file or a snapshot was being
+                // replaced; what it was replacing is intact or rebuilt below.
                 if let Err(e) = fs::remove_file(entry.path()) {
                     tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale index file");
                 }
@@ -402,6 +413,8 @@ impl Log {
             segments.push(Segment::create(dir, 0)?);
         }
 
+        let producers = load_producer_states(dir, &segments)?;
+
         // What was kept is made durable now, so that the durable mark can
         // start at the end of the log: after a crash of the process alone the
         // last writes may still sit in the page cache only.
@@ -419,8 +432,8 @@ impl Log {
                 Err(e) => return Err(LogError::io(&marker, e)),
             }
         }
-        // Makes the new segment file, the rebuilt index files and the marker's
-        // removal durable at once.
+        // Makes the new segment file, the rebuilt index files, the snapshots'
+        // removal and the marker's removal durable at once.
         segment::sync_dir(dir).map_err(dir_err)?;
 
         let end = active.mark();
@@ -444,6 +457,7 @@ impl Log {
             discards: VecDeque::new(),
             last_fsync_ms: now,
             clean_marker_present: false,
+            producers,
         };
         Ok(Log {
             dir: dir.to_path_buf(),
@@ -462,6 +476,12 @@ impl Log {
     /// Validates `records` (one or more v2 batches from a producer), assigns
     /// offsets and writes them. Not yet durable nor visible to readers under
     /// `FsyncPolicy::Always`: call [`Log::wait_durable`].
+    ///
+    /// Batches of idempotent producers (a producer id) are checked against
+    /// the producer's state first, each in turn (see `producer_state`): a
+    /// stale epoch or a sequence gap fails the whole append, and an append
+    /// whose batches were all appended before writes nothing and returns the
+    /// original offsets with `duplicate` set.
     pub fn append(&self, records: &[u8]) -> Result<AppendInfo, LogError> {
         let max_batch_bytes = self.max_batch_bytes.load(Ordering::Relaxed) as usize;
         let headers = batch::validate_for_append(records, max_batch_bytes)?;
@@ -476,6 +496,28 @@ impl Log {
 
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // A roll starts the new segment at the log end offset, so the offsets
+        // are known before deciding whether to roll.
+        let producers = match inner
+            .producers
+            .prepare(&headers, inner.active().next_offset)?
+        {
+            Prepared::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                return Ok(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    log_start_offset: inner.log_start_offset,
+                    // Everything the producer state remembers is in the log
+                    // of the current generation (a discard forgets the rest).
+                    generation: inner.generation,
+                    duplicate: true,
+                });
+            }
+            Prepared::Append(entries) => entries,
+        };
         if inner.clean_marker_present {
             self.remove_clean_marker(inner)?;
         }
@@ -500,6 +542,9 @@ impl Log {
                 base_offset: next_offset,
                 last_offset,
                 max_timestamp: header.max_timestamp,
+                producer_id: header.producer_id,
+                producer_epoch: header.producer_epoch,
+                base_sequence: header.base_sequence,
             });
             next_offset = last_offset + 1;
             at += len;
@@ -525,6 +570,7 @@ impl Log {
             segment.first_append_ms = Some(now);
         }
         let end = segment.mark();
+        inner.producers.commit(producers);
         if visible_when_written {
             inner.high_watermark = end;
             self.core.publish(inner);
@@ -534,6 +580,7 @@ impl Log {
             last_offset: next_offset - 1,
             log_start_offset: inner.log_start_offset,
             generation: inner.generation,
+            duplicate: false,
         })
     }
 
@@ -738,6 +785,17 @@ impl Log {
             );
         }
         outcome.log_start_offset = inner.log_start_offset;
+        if outcome.segments_deleted > 0 {
+            self.delete_snapshots_before(inner.log_start_offset);
+        }
+        let expired = inner.producers.expire(inner.log_start_offset, now);
+        if expired > 0 {
+            tracing::info!(
+                dir = %self.dir.display(),
+                producers = expired,
+                "forgot idempotent producers whose data is gone and who have been idle too long"
+            );
+        }
         Ok(outcome)
     }
 
@@ -791,6 +849,16 @@ impl Log {
             seg.write_index_files()
                 .map_err(|e| LogError::io(seg.index_path(), e))?;
         }
+        // Spares the next open replaying the active segment's batches.
+        let end_offset = inner.active().next_offset;
+        if let Err(e) = producer_state::write_snapshot(&self.dir, end_offset, &inner.producers) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                offset = end_offset,
+                error = %e,
+                "could not write the producer state snapshot; the next open replays the log instead"
+            );
+        }
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         File::create(&marker)
             .and_then(|f| f.sync_all())
@@ -799,6 +867,21 @@ impl Log {
         inner.clean_marker_present = true;
         tracing::debug!(dir = %self.dir.display(), "log closed cleanly");
         Ok(())
+    }
+
+    /// Deletes the snapshots of states before `log_start_offset`: the batches
+    /// after them are partly gone, so they can no longer be replayed onto.
+    fn delete_snapshots_before(&self, log_start_offset: i64) {
+        match producer_state::list_snapshots(&self.dir) {
+            Ok(offsets) => {
+                for offset in offsets.into_iter().filter(|o| *o < log_start_offset) {
+                    producer_state::delete_snapshot(&self.dir, offset);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not list producer state snapshots")
+            }
+        }
     }
 
     fn truncated_under_reads(&self) -> LogError {
@@ -873,6 +956,16 @@ impl Log {
             }
             sealed.next_offset
         };
+        // The producers' state as of the sealed segment's end; the directory
+        // fsync below makes it durable with the new segment.
+        if let Err(e) = producer_state::write_snapshot(&self.dir, next_base, &inner.producers) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                offset = next_base,
+                error = %e,
+                "could not write the producer state snapshot; the next open replays more of the log"
+            );
+        }
         let new = Segment::create(&self.dir, next_base)?;
         if let Err(e) = segment::sync_dir(&self.dir) {
             // Without a durable directory entry the new segment, and what is
@@ -1021,6 +1114,138 @@ impl Log {
     }
 }
 
+/// Rebuilds the idempotent producers' state of a log being opened: the newest
+/// usable snapshot (one that loads, within `[log start, log end]`), then the
+/// batches after it. Snapshots that are unusable, or are neither the one
+/// loaded nor at a segment boundary, are deleted; the caller fsyncs the
+/// directory.
+fn load_producer_states(dir: &Path, segments: &[Segment]) -> Result<ProducerStates, LogError> {
+    let log_start = segments[0].base_offset;
+    let log_end = segments
+        .last()
+        .expect("a log always has an active segment")
+        .next_offset;
+    let offsets = producer_state::list_snapshots(dir).map_err(|e| LogError::io(dir, e))?;
+    let mut unusable: Vec<i64> = Vec::new();
+    let mut loaded = None;
+    for &offset in offsets.iter().rev() {
+        if offset > log_end || offset < log_start {
+            tracing::info!(
+                dir = %dir.display(),
+                offset,
+                log_start,
+                log_end,
+                "ignoring a producer state snapshot outside the log"
+            );
+            unusable.push(offset);
+            continue;
+        }
+        if loaded.is_some() {
+            continue;
+        }
+        match producer_state::read_snapshot(dir, offset) {
+            Ok(states) => loaded = Some((offset, states)),
+            Err(reason) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    offset,
+                    %reason,
+                    "producer state snapshot unusable; replaying the log from an earlier point"
+                );
+                unusable.push(offset);
+            }
+        }
+    }
+    let (from, mut states) = loaded.unwrap_or((log_start, ProducerStates::default()));
+    for &offset in &offsets {
+        let boundary = segments.iter().any(|s| s.base_offset == offset);
+        if unusable.contains(&offset) || (offset != from && !boundary) {
+            producer_state::delete_snapshot(dir, offset);
+        }
+    }
+    let replayed = replay_producer_batches(&mut states, segments, from)?;
+    tracing::debug!(
+        dir = %dir.display(),
+        snapshot = from,
+        replayed_batches = replayed,
+        producers = states.len(),
+        "loaded idempotent producer state"
+    );
+    Ok(states)
+}
+
+/// Replays onto `states` every idempotent batch at or after offset `from`
+/// (a batch boundary). Returns how many batches were replayed.
+fn replay_producer_batches(
+    states: &mut ProducerStates,
+    segments: &[Segment],
+    from: i64,
+) -> Result<u64, LogError> {
+    let mut replayed = 0u64;
+    for seg in segments.iter().filter(|s| s.next_offset > from) {
+        let (start, first_offset) = if seg.base_offset >= from {
+            (0, seg.base_offset)
+        } else {
+            let relative = seg.relative(from);
+            seg.offset_index
+                .entries()
+                .iter()
+                .rev()
+                .find(|e| e.relative_offset <= relative)
+                .map_or((0, seg.base_offset), |e| {
+                    (
+                        u64::from(e.position),
+                        seg.base_offset + i64::from(e.relative_offset),
+                    )
+                })
+        };
+        let end = segment::walk_batches(
+            &seg.file,
+            start,
+            seg.size,
+            first_offset,
+            seg.base_offset,
+            false,
+            |meta| {
+                if meta.base_offset < from {
+                    return;
+                }
+                let delta = i32::try_from(meta.last_offset - meta.base_offset).unwrap_or(i32::MAX);
+                if let Some(stamp) = Stamp::new(
+                    meta.producer_id,
+                    meta.producer_epoch,
+                    meta.base_sequence,
+                    delta,
+                ) {
+                    states.replay(
+                        &stamp,
+                        ProducerBatch {
+                            first_seq: stamp.first_seq,
+                            last_seq: stamp.last_seq,
+                            base_offset: meta.base_offset,
+                            last_offset: meta.last_offset,
+                            max_timestamp: meta.max_timestamp,
+                        },
+                    );
+                    replayed += 1;
+                }
+            },
+        )
+        .map_err(|e| LogError::io(&seg.path, e))?;
+        if let WalkEnd::Invalid { position, reason } = end {
+            // Every segment passed its checks at open; a sealed one whose
+            // indexes loaded was not read whole, and damage found now is
+            // reported as `rebuild` reports it.
+            return Err(LogError::CorruptSegment {
+                path: seg.path.clone(),
+                position,
+                reason,
+            });
+        }
+    }
+    Ok(replayed)
+}
+
 /// Copies whole batches from the planned ranges, without the log's lock:
 /// skips the batches before `offset`, then takes batches while they fit in
 /// `max_bytes` (the first one regardless if `min_one_batch`).
@@ -1129,3 +1354,6 @@ fn find_by_timestamp(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod idempotence_tests;

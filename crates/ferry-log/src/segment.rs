@@ -85,6 +85,11 @@ pub(crate) struct BatchMeta {
     pub base_offset: i64,
     pub last_offset: i64,
     pub max_timestamp: i64,
+    /// The producer fields of the header (-1 when the batch has none), for
+    /// rebuilding the idempotent producers' state.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
 }
 
 /// A snapshot of a segment's append state at a batch boundary: how far the
@@ -623,7 +628,7 @@ fn read_index_file(path: &Path, len_max: u64) -> Result<Vec<u8>, String> {
 }
 
 /// Replaces `path` with `bytes` through a fsynced temporary file.
-fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     let tmp = PathBuf::from(name);
@@ -792,6 +797,9 @@ pub(crate) fn walk_batches(
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
         });
         expected = header.last_offset() + 1;
         pos += len;
