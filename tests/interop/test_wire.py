@@ -30,6 +30,7 @@ EXPECTED_APIS = {
     15: (0, 5),  # DescribeGroups
     42: (0, 2),  # DeleteGroups
     47: (0, 0),  # OffsetDelete
+    22: (0, 4),  # InitProducerId
 }
 
 

@@ -6,6 +6,7 @@
 //! .lock                      held (flock) while a broker runs on this directory
 //! meta.json                  cluster id
 //! catalog.journal            topics, partitions and configs (see catalog.rs)
+//! producer_ids               reserved block of producer ids (see producer_ids.rs)
 //! topics/<name>/<partition>/ one ferry-log Log per partition
 //! trash/                     deleted topics, removed in the background
 //! ```
@@ -24,6 +25,7 @@ use crate::CoreError;
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::names::{collision_key, validate_topic_name};
+use crate::producer_ids::ProducerIds;
 use crate::topic_config::{self, ConfigEntry, ConfigOp};
 
 /// No topic may have more partitions than this: each is a directory and an
@@ -118,6 +120,7 @@ pub struct Broker {
     catalog: Mutex<Catalog>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     groups: Arc<GroupCoordinator>,
+    producer_ids: ProducerIds,
     /// Holds the directory's flock for the broker's lifetime.
     _lock_file: File,
 }
@@ -161,6 +164,7 @@ impl Broker {
             config.groups.clone(),
             clock.clone(),
         )?);
+        let producer_ids = ProducerIds::open(dir)?;
         let broker = Broker {
             config,
             cluster_id,
@@ -168,6 +172,7 @@ impl Broker {
             catalog: Mutex::new(catalog),
             topics: RwLock::new(BTreeMap::new()),
             groups,
+            producer_ids,
             _lock_file: lock_file,
         };
         for (name, record) in records {
@@ -561,6 +566,13 @@ impl Broker {
                 tracing::error!(error = %e, "maintenance task panicked");
             }
         }
+    }
+
+    /// A producer id never handed out before on this data directory, for an
+    /// idempotent producer (Kafka's InitProducerId). Blocking: once per block
+    /// of ids it fsyncs the reservation.
+    pub fn allocate_producer_id(&self) -> Result<i64, CoreError> {
+        self.producer_ids.allocate()
     }
 
     /// Flushes every log and writes its indexes, so the next start is fast.

@@ -35,4 +35,10 @@ pub enum CoreError {
         "data directory {0} is in use by another ferry process (lock held on its .lock file); stop it or pass a different --data-dir"
     )]
     DataDirLocked(std::path::PathBuf),
+    #[error("producer id file {path}: {source}")]
+    ProducerIds {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

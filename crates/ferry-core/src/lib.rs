@@ -11,6 +11,7 @@ mod catalog;
 mod error;
 pub mod group;
 pub mod names;
+mod producer_ids;
 pub mod topic_config;
 
 pub use broker::{Broker, BrokerConfig, Topic};

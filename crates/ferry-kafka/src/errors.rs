@@ -21,6 +21,9 @@ pub(crate) fn kafka_error(e: &CoreError) -> ResponseError {
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
         CoreError::Log(log) => log_error(log),
         CoreError::Catalog { .. } | CoreError::DataDirLocked(_) => ResponseError::KafkaStorageError,
+        // Kafka's answer when its block of producer ids is not available
+        // (yet): clients retry InitProducerId.
+        CoreError::ProducerIds { .. } => ResponseError::CoordinatorLoadInProgress,
     }
 }
 

@@ -1,5 +1,10 @@
 //! Produce: validate and append each partition's batches, then wait for the
 //! durability the topic's fsync policy promises before acknowledging.
+//!
+//! Idempotent producers' batches are checked by the log as they are appended
+//! (epoch, sequence). A retried batch that is already in the log is answered
+//! with its original base offset, as Kafka does, once the original is
+//! durable: the log's `AppendInfo` then describes the original.
 
 use std::sync::Arc;
 
@@ -79,6 +84,15 @@ pub(crate) fn append(ctx: &Ctx, req: ProduceRequest) -> Appended {
             };
             match result {
                 Ok((log, info)) => {
+                    if info.duplicate {
+                        tracing::debug!(
+                            peer = %ctx.peer,
+                            topic = %name,
+                            partition = data.index,
+                            base_offset = info.base_offset,
+                            "retried batch of an idempotent producer: answered with its original offsets"
+                        );
+                    }
                     part.base_offset = info.base_offset;
                     part.log_start_offset = info.log_start_offset;
                     pending.push(Pending {
