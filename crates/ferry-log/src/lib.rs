@@ -7,6 +7,14 @@
 //! Reads are byte ranges of whole batches, so a Kafka fetch needs no
 //! re-encoding.
 //!
+//! Appends of idempotent producers (batches with a producer id) are checked
+//! against the log's producer state (epoch, sequence numbers, the last five
+//! batches of each producer; see `producer_state`) under the same lock as the
+//! write, and a retried batch is answered with its original offsets. That
+//! state is saved in `<20-digit offset>.snapshot` files when a segment is
+//! sealed and at close, and rebuilt at open from the newest usable snapshot
+//! plus the batch headers after it.
+//!
 //! This crate knows nothing of network protocols, topics or queues: it must
 //! never depend on `ferry-core` or any front end.
 
