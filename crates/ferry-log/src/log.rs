@@ -114,6 +114,10 @@ struct Inner {
     /// Idempotent producers' state, covering every batch written (durable or
     /// not; a discard forgets what it cut off).
     producers: ProducerStates,
+    /// The offset of a snapshot file that describes `producers` as they are
+    /// and the log end, if one does (nothing appended since): `close` then
+    /// need not write it again.
+    snapshot_at: Option<i64>,
 }
 
 impl Inner {
@@ -286,6 +290,7 @@ impl Core {
         // A retried batch that was discarded must be written again, not
         // answered as a duplicate of data that is gone.
         inner.producers.truncate_from(durable.next_offset);
+        inner.snapshot_at = None;
         inner
             .discards
             .push_back((inner.generation, durable.next_offset));
@@ -413,7 +418,7 @@ impl Log {
             segments.push(Segment::create(dir, 0)?);
         }
 
-        let producers = load_producer_states(dir, &segments)?;
+        let (producers, snapshot_at) = load_producer_states(dir, &segments)?;
 
         // What was kept is made durable now, so that the durable mark can
         // start at the end of the log: after a crash of the process alone the
@@ -458,6 +463,7 @@ impl Log {
             last_fsync_ms: now,
             clean_marker_present: false,
             producers,
+            snapshot_at,
         };
         Ok(Log {
             dir: dir.to_path_buf(),
@@ -571,6 +577,7 @@ impl Log {
         }
         let end = segment.mark();
         inner.producers.commit(producers);
+        inner.snapshot_at = None;
         if visible_when_written {
             inner.high_watermark = end;
             self.core.publish(inner);
@@ -790,6 +797,7 @@ impl Log {
         }
         let expired = inner.producers.expire(inner.log_start_offset, now);
         if expired > 0 {
+            inner.snapshot_at = None;
             tracing::info!(
                 dir = %self.dir.display(),
                 producers = expired,
@@ -851,13 +859,16 @@ impl Log {
         }
         // Spares the next open replaying the active segment's batches.
         let end_offset = inner.active().next_offset;
-        if let Err(e) = producer_state::write_snapshot(&self.dir, end_offset, &inner.producers) {
-            tracing::warn!(
-                dir = %self.dir.display(),
-                offset = end_offset,
-                error = %e,
-                "could not write the producer state snapshot; the next open replays the log instead"
-            );
+        if inner.snapshot_at != Some(end_offset) {
+            match producer_state::write_snapshot(&self.dir, end_offset, &inner.producers) {
+                Ok(()) => inner.snapshot_at = Some(end_offset),
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(),
+                    offset = end_offset,
+                    error = %e,
+                    "could not write the producer state snapshot; the next open replays the log instead"
+                ),
+            }
         }
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         File::create(&marker)
@@ -958,13 +969,14 @@ impl Log {
         };
         // The producers' state as of the sealed segment's end; the directory
         // fsync below makes it durable with the new segment.
-        if let Err(e) = producer_state::write_snapshot(&self.dir, next_base, &inner.producers) {
-            tracing::warn!(
+        match producer_state::write_snapshot(&self.dir, next_base, &inner.producers) {
+            Ok(()) => inner.snapshot_at = Some(next_base),
+            Err(e) => tracing::warn!(
                 dir = %self.dir.display(),
                 offset = next_base,
                 error = %e,
                 "could not write the producer state snapshot; the next open replays more of the log"
-            );
+            ),
         }
         let new = Segment::create(&self.dir, next_base)?;
         if let Err(e) = segment::sync_dir(&self.dir) {
@@ -1118,8 +1130,12 @@ impl Log {
 /// usable snapshot (one that loads, within `[log start, log end]`), then the
 /// batches after it. Snapshots that are unusable, or are neither the one
 /// loaded nor at a segment boundary, are deleted; the caller fsyncs the
-/// directory.
-fn load_producer_states(dir: &Path, segments: &[Segment]) -> Result<ProducerStates, LogError> {
+/// directory. Also returns the snapshot's offset if it is the log end (the
+/// snapshot describes the state as it is).
+fn load_producer_states(
+    dir: &Path,
+    segments: &[Segment],
+) -> Result<(ProducerStates, Option<i64>), LogError> {
     let log_start = segments[0].base_offset;
     let log_end = segments
         .last()
@@ -1156,6 +1172,7 @@ fn load_producer_states(dir: &Path, segments: &[Segment]) -> Result<ProducerStat
             }
         }
     }
+    let loaded_at = loaded.as_ref().map(|(offset, _)| *offset);
     let (from, mut states) = loaded.unwrap_or((log_start, ProducerStates::default()));
     for &offset in &offsets {
         let boundary = segments.iter().any(|s| s.base_offset == offset);
@@ -1171,7 +1188,8 @@ fn load_producer_states(dir: &Path, segments: &[Segment]) -> Result<ProducerStat
         producers = states.len(),
         "loaded idempotent producer state"
     );
-    Ok(states)
+    let current = loaded_at.filter(|offset| *offset == log_end);
+    Ok((states, current))
 }
 
 /// Replays onto `states` every idempotent batch at or after offset `from`

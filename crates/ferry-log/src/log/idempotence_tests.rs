@@ -503,3 +503,27 @@ fn retention_keeps_producers_whose_data_is_gone_until_they_expire() {
     log.append(&idem_at(1, 0, 9, 1, b"p", now))
         .expect("unknown again");
 }
+
+#[test]
+fn close_rewrites_the_snapshot_only_when_something_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = clock();
+    let log = open(dir.path(), config(FsyncPolicy::Never), &clock);
+    log.append(&idem(1, 0, 0, 1, b"a")).expect("append");
+    log.close().expect("close");
+    let path = dir.path().join(snapshot_file_name(1));
+    let inode = fs::metadata(&path).expect("snapshot").ino();
+    log.close().expect("close again");
+    drop(log);
+    let log = open(dir.path(), config(FsyncPolicy::Never), &clock);
+    log.close().expect("close after reopen");
+    assert_eq!(fs::metadata(&path).expect("snapshot").ino(), inode);
+    log.append(&idem(1, 0, 1, 1, b"b")).expect("append");
+    log.close().expect("close");
+    assert!(snapshots(dir.path()).contains(&2));
+    drop(log);
+    let log = open(dir.path(), config(FsyncPolicy::Never), &clock);
+    assert_eq!(snapshots(dir.path()), vec![2], "the older one is dropped");
+    assert!(log.append(&idem(1, 0, 1, 1, b"b")).expect("dup").duplicate);
+}
