@@ -1,9 +1,11 @@
-//! The `ferry` binary: `ferry serve` runs the broker.
+//! The `ferry` binary: `ferry serve` runs the broker; `ferry topic`,
+//! `produce`, `consume` and `group` are a Kafka client for operators.
 
+mod cli;
 mod config;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,7 +14,10 @@ use clap::{Parser, Subcommand};
     about = "One broker for Kafka, AMQP and SQS clients",
     long_about = "Ferry is a message broker that speaks the Kafka wire protocol (and, as they land, \
 AMQP 0-9-1 and the SQS API) over one crash-safe storage engine.\n\n\
-Start it with `ferry serve`; data goes to ./ferry-data unless --data-dir says otherwise."
+Start it with `ferry serve`; data goes to ./ferry-data unless --data-dir says otherwise.\n\n\
+The other commands are a Kafka client for operators: they talk to a running broker \
+(--brokers, default 127.0.0.1:9092) over the Kafka protocol, so they work against Kafka too. \
+See docs/cli.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,12 +28,22 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(config::ServeArgs),
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Client(command) => return cli::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -37,4 +52,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version exit 0. Usage errors of `ferry serve` keep clap's exit
+/// code 2; those of the client commands exit 1, because there 2 means
+/// "broker unreachable" (docs/cli.md).
+fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let serve = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    if serve || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let _ = e.print();
+    std::process::ExitCode::from(cli::Exit::Local as u8)
 }
