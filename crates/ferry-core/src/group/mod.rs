@@ -205,7 +205,8 @@ impl GroupCoordinator {
             .groups()
             .into_iter()
             .map(|id| {
-                let group = Arc::new(Mutex::new(Group::new(&id)));
+                let protocol_type = offsets.protocol_type(&id);
+                let group = Arc::new(Mutex::new(Group::new(&id, protocol_type)));
                 (id, group)
             })
             .collect();
@@ -228,7 +229,7 @@ impl GroupCoordinator {
     fn group_or_create(&self, id: &str) -> Arc<Mutex<Group>> {
         lock(&self.groups)
             .entry(id.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(Group::new(id))))
+            .or_insert_with(|| Arc::new(Mutex::new(Group::new(id, None))))
             .clone()
     }
 
@@ -259,6 +260,16 @@ impl GroupCoordinator {
                 .ok_or(GroupError::UnknownMemberId)?
         };
         let outcome = lock(&group).join(&req, &self.config, Instant::now());
+        // An emptied group that outlives a restart (through its offsets) is
+        // still reported with its protocol type. This writes only when the
+        // type changes, so only a group's first join waits for it.
+        if let Err(e) = self
+            .offsets
+            .set_protocol_type(&req.group_id, &req.protocol_type)
+            .await
+        {
+            tracing::warn!(group = %req.group_id, error = %e, "could not record the group's protocol type");
+        }
         match outcome {
             JoinOutcome::Now(result) => result,
             // The timer task ends every rebalance by its deadline, so the

@@ -50,9 +50,20 @@ enum Event {
         topic: String,
         partition: i32,
     },
+    /// The group's protocol type ("consumer", ...), kept so that an empty
+    /// group is still reported as what it was after a restart.
+    ProtocolType {
+        group: String,
+        protocol_type: String,
+    },
 }
 
-type Offsets = BTreeMap<String, BTreeMap<TopicPartition, Committed>>;
+/// Committed offsets and protocol types, by group.
+#[derive(Debug, Default)]
+struct Offsets {
+    committed: BTreeMap<String, BTreeMap<TopicPartition, Committed>>,
+    protocol_types: BTreeMap<String, String>,
+}
 
 #[derive(Debug)]
 struct Writer {
@@ -104,6 +115,7 @@ fn apply(offsets: &mut Offsets, event: Event) {
             committed,
         } => {
             offsets
+                .committed
                 .entry(group)
                 .or_default()
                 .insert((topic, partition), committed);
@@ -113,12 +125,20 @@ fn apply(offsets: &mut Offsets, event: Event) {
             topic,
             partition,
         } => {
-            if let Some(g) = offsets.get_mut(&group) {
+            if let Some(g) = offsets.committed.get_mut(&group) {
                 g.remove(&(topic, partition));
                 if g.is_empty() {
-                    offsets.remove(&group);
+                    offsets.committed.remove(&group);
+                    // A group with nothing committed is gone; so is its type.
+                    offsets.protocol_types.remove(&group);
                 }
             }
+        }
+        Event::ProtocolType {
+            group,
+            protocol_type,
+        } => {
+            offsets.protocol_types.insert(group, protocol_type);
         }
     }
 }
@@ -131,7 +151,7 @@ impl OffsetStore {
     /// Replays the journal (dropping a torn last line) and rewrites it compacted.
     pub(crate) fn open(dir: &Path) -> Result<OffsetStore, CoreError> {
         let path = dir.join(JOURNAL_FILE);
-        let mut offsets = Offsets::new();
+        let mut offsets = Offsets::default();
         match File::open(&path) {
             Ok(file) => {
                 let mut bad_line: Option<usize> = None;
@@ -176,7 +196,14 @@ impl OffsetStore {
         let io = |e| io_error(path, e);
         let mut out = String::new();
         let mut lines = 0;
-        for (group, partitions) in offsets {
+        for (group, protocol_type) in &offsets.protocol_types {
+            out.push_str(&encode(&Event::ProtocolType {
+                group: group.clone(),
+                protocol_type: protocol_type.clone(),
+            }));
+            lines += 1;
+        }
+        for (group, partitions) in &offsets.committed {
             for ((topic, partition), committed) in partitions {
                 out.push_str(&encode(&Event::Commit {
                     group: group.clone(),
@@ -275,8 +302,30 @@ impl OffsetStore {
         self.persist(events).await
     }
 
+    /// Records a group's protocol type if it changed.
+    pub(crate) async fn set_protocol_type(
+        &self,
+        group: &str,
+        protocol_type: &str,
+    ) -> Result<(), CoreError> {
+        let known = lock(&self.offsets).protocol_types.get(group).cloned();
+        if known.as_deref() == Some(protocol_type) {
+            return Ok(());
+        }
+        self.persist(vec![Event::ProtocolType {
+            group: group.to_string(),
+            protocol_type: protocol_type.to_string(),
+        }])
+        .await
+    }
+
+    pub(crate) fn protocol_type(&self, group: &str) -> Option<String> {
+        lock(&self.offsets).protocol_types.get(group).cloned()
+    }
+
     pub(crate) fn get(&self, group: &str, tp: &TopicPartition) -> Option<Committed> {
         lock(&self.offsets)
+            .committed
             .get(group)
             .and_then(|g| g.get(tp).cloned())
     }
@@ -284,6 +333,7 @@ impl OffsetStore {
     /// Every committed offset of a group, sorted by topic and partition.
     pub(crate) fn all(&self, group: &str) -> Vec<(TopicPartition, Committed)> {
         lock(&self.offsets)
+            .committed
             .get(group)
             .map(|g| g.iter().map(|(tp, c)| (tp.clone(), c.clone())).collect())
             .unwrap_or_default()
@@ -291,12 +341,13 @@ impl OffsetStore {
 
     /// Groups that have committed offsets.
     pub(crate) fn groups(&self) -> Vec<String> {
-        lock(&self.offsets).keys().cloned().collect()
+        lock(&self.offsets).committed.keys().cloned().collect()
     }
 
     /// Offsets of `group` committed before `cutoff_ms`.
     pub(crate) fn older_than(&self, group: &str, cutoff_ms: i64) -> Vec<TopicPartition> {
         lock(&self.offsets)
+            .committed
             .get(group)
             .map(|g| {
                 g.iter()
@@ -312,7 +363,12 @@ impl OffsetStore {
     pub(crate) fn compact_if_needed(&self) -> Result<(), CoreError> {
         let mut w = lock(&self.writer);
         let offsets = lock(&self.offsets);
-        let live: u64 = offsets.values().map(|g| g.len() as u64).sum();
+        let live: u64 = offsets
+            .committed
+            .values()
+            .map(|g| g.len() as u64)
+            .sum::<u64>()
+            + offsets.protocol_types.len() as u64;
         if w.lines < live + JOURNAL_GARBAGE_LINES_MAX {
             return Ok(());
         }

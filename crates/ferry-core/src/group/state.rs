@@ -114,11 +114,11 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    pub fn new(id: &str) -> Group {
+    pub fn new(id: &str, protocol_type: Option<String>) -> Group {
         Group {
             id: id.to_string(),
             state: GroupState::Empty,
-            protocol_type: None,
+            protocol_type,
             protocol_name: None,
             generation_id: 0,
             leader_id: None,
@@ -224,7 +224,8 @@ impl Group {
             self.static_members
                 .insert(instance.clone(), member_id.clone());
         }
-        if self.protocol_type.is_none() {
+        if self.members.is_empty() {
+            // The first member of an empty group sets its protocol type.
             self.protocol_type = Some(req.protocol_type.clone());
         }
         self.members.entry(member_id).or_insert(member)
@@ -431,7 +432,8 @@ impl Group {
         if self.members.is_empty() {
             self.state = GroupState::Empty;
             self.protocol_name = None;
-            self.protocol_type = None;
+            // Kafka keeps the protocol type of an emptied group, so tools
+            // still see it was a consumer group.
             self.leader_id = None;
             return;
         }

@@ -336,3 +336,25 @@ async fn mismatched_protocols_and_bad_timeouts_are_refused() {
         Err(GroupError::InvalidSessionTimeout { .. })
     ));
 }
+
+#[tokio::test]
+async fn an_emptied_group_keeps_its_protocol_type_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(dir.path());
+    let (a, join_a) = first_join(&c).await;
+    join_a.await.unwrap().unwrap();
+    sync(&c, &a, 1, vec![]).await.unwrap();
+    c.commit_offsets("g", 1, &a, None, vec![(("t".into(), 0), 3, -1, None)])
+        .await
+        .unwrap();
+    c.leave("g", &[(a, None)]).unwrap();
+    assert_eq!(c.describe("g").protocol_type, "consumer");
+    drop(c);
+    let c = coordinator(dir.path());
+    let d = c.describe("g");
+    assert_eq!(
+        (d.state, d.protocol_type.as_str()),
+        (GroupState::Empty, "consumer")
+    );
+    assert_eq!(c.list_groups()[0].protocol_type, "consumer");
+}
