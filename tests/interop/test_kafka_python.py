@@ -1,8 +1,8 @@
 """kafka-python (pure Python client) against Ferry.
 
 kafka-python infers the broker's release from the ApiVersions ranges, so the
-advertised versions must read as Kafka 3.7. Consumer groups are not
-implemented yet: consumers use assign() with group_id=None."""
+advertised versions must read as Kafka 3.7. These tests use assign() with
+group_id=None; group consumers are covered in test_groups.py."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def producer(ferry, **extra) -> KafkaProducer:
     conf = dict(
         bootstrap_servers=ferry.bootstrap,
         acks="all",
-        enable_idempotence=False,  # InitProducerId is not implemented yet
+        enable_idempotence=False,  # idempotence has its own tests (test_idempotence.py)
         linger_ms=5,
         # One request at a time; pipelining has its own test below.
         max_in_flight_requests_per_connection=1,
