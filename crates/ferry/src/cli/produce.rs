@@ -204,6 +204,8 @@ impl Producer {
                 }
             }
             let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+            // (partition, index in its batch) of each line, in stdin order.
+            let mut order = Vec::with_capacity(batch.len());
             let timestamp = now_ms();
             let count = self.topic.partitions.len().max(1);
             for line in batch {
@@ -241,14 +243,36 @@ impl Producer {
                         Some(Bytes::copy_from_slice(v.as_bytes())),
                     );
                 }
+                order.push((partition, records.len() as i64));
                 records.push(record);
             }
-            self.send(by_partition).await?;
+            let bases = self.send(by_partition).await?;
+            if self.json && self.acks != 0 {
+                let mut text = String::new();
+                for (p, i) in order {
+                    if let Some(base) = bases.get(&p) {
+                        let line =
+                            json!({"topic": self.topic.name, "partition": p, "offset": base + i});
+                        text.push_str(&line.to_string());
+                        text.push('\n');
+                    }
+                }
+                // A closed stdout does not stop producing.
+                let _ = self
+                    .out
+                    .write(text.as_bytes())
+                    .and_then(|()| self.out.flush());
+            }
         }
         Ok(())
     }
 
-    async fn send(&mut self, by_partition: BTreeMap<i32, Vec<Record>>) -> Result<()> {
+    /// Sends one batch per partition; returns each partition's base offset.
+    async fn send(
+        &mut self,
+        by_partition: BTreeMap<i32, Vec<Record>>,
+    ) -> Result<BTreeMap<i32, i64>> {
+        let mut bases = BTreeMap::new();
         let mut pending: BTreeMap<i32, (Bytes, usize)> = BTreeMap::new();
         for (p, records) in by_partition {
             let mut buf = BytesMut::new();
@@ -304,7 +328,8 @@ impl Producer {
                         let p = pr.index;
                         if pr.error_code == 0 {
                             if let Some((_, n)) = pending.remove(&p) {
-                                self.acked(p, pr.base_offset, n)?;
+                                self.acked(p, pr.base_offset, n);
+                                bases.insert(p, pr.base_offset);
                             }
                         } else if is_retriable(pr.error_code) && attempt < ATTEMPTS {
                             retry = true;
@@ -323,31 +348,15 @@ impl Producer {
                 self.topic = self.client.topic(&self.topic.name, false).await?;
             }
         }
-        Ok(())
+        Ok(bases)
     }
 
-    fn acked(&mut self, partition: i32, base: i64, n: usize) -> Result<()> {
+    fn acked(&mut self, partition: i32, base: i64, n: usize) {
         let s = self.stats.entry(partition).or_default();
         s.records += n as u64;
         let last = base + n as i64 - 1;
         s.first = Some(s.first.map_or(base, |f| f.min(base)));
         s.last = Some(s.last.map_or(last, |l| l.max(last)));
-        if self.json {
-            let mut text = String::new();
-            for offset in base..=last {
-                text.push_str(
-                    &json!({"topic": self.topic.name, "partition": partition, "offset": offset})
-                        .to_string(),
-                );
-                text.push('\n');
-            }
-            // A closed stdout does not stop producing.
-            let _ = self
-                .out
-                .write(text.as_bytes())
-                .and_then(|()| self.out.flush());
-        }
-        Ok(())
     }
 
     /// What was written, on stderr.
