@@ -513,6 +513,8 @@ def run_scenario(args, sc: dict, run_no: int, files: dict, run_dir: Path) -> dic
             rm_tree(data_dir)
     if rc != 0:
         raise BenchError(f"ferry exited with {rc} after SIGTERM; log in {broker.log_path}")
+    if not args.keep:
+        broker.log_path.unlink(missing_ok=True)
     return res
 
 
