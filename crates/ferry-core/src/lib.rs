@@ -10,6 +10,7 @@ mod broker;
 mod catalog;
 mod error;
 pub mod group;
+pub mod messaging;
 pub mod names;
 mod producer_ids;
 pub mod topic_config;

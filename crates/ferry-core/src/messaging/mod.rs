@@ -1,0 +1,467 @@
+//! Routed messaging: vhosts, exchanges, bindings and queues — the model AMQP
+//! 0-9-1 speaks today and the SQS front end will use next. A queue is a
+//! ferry-log `Log` plus delivery state (DESIGN.md, "Queues on logs"):
+//! messages are appended as Kafka records (key = routing key, value = body,
+//! front-end properties in record headers), and the queue tracks what is
+//! ready, delivered-but-unsettled, and settled.
+//!
+//! This module knows nothing of AMQP frames: properties are opaque bytes the
+//! front end stores and gets back byte for byte; headers used for routing
+//! and the dead-letter history are structured values here, and the front end
+//! renders them (e.g. as AMQP's `x-death`).
+//!
+//! API CONTRACT: ferry-amqp is written against these signatures; the
+//! implementation fills them in without changing them (adding items is fine).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+/// A field value from a message's headers or a declare's arguments, as far
+/// as routing and queue arguments need to understand it. Front ends convert
+/// their own typed values to these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Bool(bool),
+    /// Every integer width.
+    Int(i64),
+    Float(f64),
+    /// Short and long strings (UTF-8 or not: compared as bytes).
+    Str(Bytes),
+    /// A nested table (AMQP `F`).
+    Table(Vec<(String, FieldValue)>),
+    Array(Vec<FieldValue>),
+    /// Timestamp in seconds (AMQP `T`).
+    Timestamp(u64),
+    Void,
+    /// Any other type, kept so that equality can still be tested.
+    Other(Bytes),
+}
+
+/// Arguments of a declare or bind, by name (AMQP's `arguments` table).
+pub type Arguments = Vec<(String, FieldValue)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+    /// `x-delayed-message`: holds messages until their `x-delay` passes, then
+    /// routes them as the exchange's `x-delayed-type` would.
+    Delayed(DelayedRouting),
+}
+
+/// The routing a delayed-message exchange applies once a delay passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayedRouting {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Arguments,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    /// Accepted for compatibility; behaves as a durable classic queue here.
+    Quorum,
+    /// A replayable log read from `x-stream-offset`; also a Kafka topic.
+    Stream,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    /// Empty asks the broker for a generated name (`amq.gen-...`).
+    pub name: String,
+    pub durable: bool,
+    /// The connection that owns an exclusive queue; it is deleted when that
+    /// connection closes, and no other connection may use it.
+    pub exclusive_owner: Option<ConnectionId>,
+    pub auto_delete: bool,
+    pub arguments: Arguments,
+}
+
+/// The front end's id for a client connection (for exclusive queues and
+/// exclusive consumers).
+pub type ConnectionId = u64;
+
+/// Why a message was dead-lettered (RabbitMQ's `x-death` reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+    DeliveryLimit,
+}
+
+/// One entry of a message's dead-letter history, newest first in
+/// `Message::deaths`, merged per (queue, reason) with a count, as RabbitMQ does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Death {
+    pub queue: String,
+    pub reason: DeathReason,
+    pub count: u64,
+    pub exchange: String,
+    pub routing_keys: Vec<String>,
+    /// Seconds since the epoch of the first death of this kind.
+    pub time_s: u64,
+    /// The message's per-message TTL when it expired, if it had one.
+    pub original_expiration: Option<String>,
+}
+
+/// A message as stored and delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    /// The front end's properties, stored and returned byte for byte (AMQP:
+    /// the content header's property flags and property list).
+    pub properties: Bytes,
+    /// Headers as routing needs them (headers exchanges, `x-delay`, CC/BCC).
+    pub headers: Vec<(String, FieldValue)>,
+    pub body: Bytes,
+    /// 0 when none; only meaningful up to the queue's `x-max-priority`.
+    pub priority: u8,
+    /// Per-message TTL (AMQP `expiration`), from publication.
+    pub ttl: Option<Duration>,
+    /// AMQP delivery mode 2: written to disk under durable queues.
+    pub persistent: bool,
+    /// Milliseconds since the epoch when the broker accepted it.
+    pub published_ms: i64,
+    pub deaths: Vec<Death>,
+}
+
+/// A message handed to a consumer or `get`. Settle it with `Queue::ack` or
+/// `Queue::reject` by `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The queue's id for this message (its offset in the queue's log).
+    pub id: u64,
+    pub message: Message,
+    /// Delivered before (and not acknowledged), possibly before a restart.
+    pub redelivered: bool,
+    /// How many times it has been delivered, this time included.
+    pub delivery_count: u32,
+    /// Messages still ready in the queue after this one (for basic.get-ok).
+    pub remaining: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    /// Ready messages (not delivered or requeued).
+    pub message_count: u64,
+    pub consumer_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSpec {
+    /// Unique within the queue.
+    pub tag: String,
+    /// Deliveries are settled as they are handed out.
+    pub no_ack: bool,
+    /// Only consumer of the queue (AMQP basic.consume exclusive).
+    pub exclusive: bool,
+    /// `x-priority`: higher-priority consumers get messages first while they
+    /// can take them.
+    pub priority: i32,
+    pub connection: ConnectionId,
+    /// Stream queues: where to start (`x-stream-offset`).
+    pub stream_offset: Option<StreamOffset>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    First,
+    Last,
+    Next,
+    Offset(u64),
+    /// Milliseconds since the epoch.
+    Timestamp(i64),
+}
+
+/// What publishing did.
+#[derive(Debug)]
+pub struct Published {
+    /// Number of queues the message was routed to (0: unroutable, for
+    /// `mandatory` returns).
+    pub routed: usize,
+    /// Appends still waiting for durability (persistent messages to durable
+    /// queues under their fsync policy); await `durable()` before a publisher
+    /// confirm.
+    pub pending: PendingDurability,
+}
+
+/// Waits for the fsyncs covering a publish.
+#[derive(Debug, Default)]
+pub struct PendingDurability {
+    #[allow(dead_code)]
+    todo: (),
+}
+
+#[allow(clippy::todo)]
+impl PendingDurability {
+    /// Resolves once every append of the publish is durable; an error means
+    /// the message may not have been stored (nack the confirm).
+    pub async fn durable(self) -> Result<(), MessagingError> {
+        todo!()
+    }
+}
+
+/// Errors, each mapping to an AMQP reply code in the front end (noted).
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum MessagingError {
+    /// 404 NOT_FOUND
+    #[error("no {kind} '{name}' in vhost '{vhost}'")]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        vhost: String,
+    },
+    /// 406 PRECONDITION_FAILED, with RabbitMQ's wording in the message.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// 405 RESOURCE_LOCKED (exclusive queue of another connection, or an
+    /// exclusive consumer).
+    #[error("{0}")]
+    ResourceLocked(String),
+    /// 403 ACCESS_REFUSED (e.g. declaring `amq.*` names, internal exchanges).
+    #[error("{0}")]
+    AccessRefused(String),
+    /// 406 in RabbitMQ for bad arguments (`x-max-length` negative...).
+    #[error("invalid argument {name}: {reason}")]
+    InvalidArgument { name: String, reason: String },
+    /// The queue refused the message (x-overflow reject-publish): nack.
+    #[error("queue '{0}' is full")]
+    QueueFull(String),
+    /// Disk trouble: 541 INTERNAL_ERROR / nack.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// A registered consumer; dropping it (or `Queue::cancel`) stops deliveries.
+#[derive(Debug)]
+pub struct Consumer {
+    #[allow(dead_code)]
+    todo: (),
+}
+
+#[allow(clippy::todo, unused_variables)]
+impl Consumer {
+    /// Waits for the next delivery for this consumer. The front end calls it
+    /// only when the consumer has prefetch room, so the queue never hands out
+    /// more than the consumer can take. `None` once the consumer is
+    /// cancelled or the queue is deleted (AMQP: basic.cancel to the client).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        todo!()
+    }
+
+    pub fn tag(&self) -> &str {
+        todo!()
+    }
+}
+
+/// One queue.
+#[derive(Debug)]
+pub struct Queue {
+    #[allow(dead_code)]
+    todo: (),
+}
+
+#[allow(clippy::todo, unused_variables)]
+impl Queue {
+    pub fn name(&self) -> &str {
+        todo!()
+    }
+
+    pub fn info(&self) -> QueueInfo {
+        todo!()
+    }
+
+    pub fn consume(&self, spec: ConsumerSpec) -> Result<Consumer, MessagingError> {
+        todo!()
+    }
+
+    /// Stops a consumer by tag; its unacked deliveries stay unacked until
+    /// settled or requeued.
+    pub fn cancel(&self, tag: &str) -> bool {
+        todo!()
+    }
+
+    /// basic.get: the next ready message, if any.
+    pub fn get(&self, no_ack: bool) -> Result<Option<Delivery>, MessagingError> {
+        todo!()
+    }
+
+    /// Settles a delivery for good.
+    pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    /// Returns a delivery to the queue (`requeue`), or drops it —
+    /// dead-lettering it if the queue has a dead-letter exchange.
+    pub fn reject(&self, id: u64, requeue: bool) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    /// Removes every ready message; returns how many.
+    pub fn purge(&self) -> Result<u64, MessagingError> {
+        todo!()
+    }
+}
+
+/// The routed-messaging model of one broker: every vhost, exchange, binding
+/// and queue, durable ones journaled in the catalog.
+#[derive(Debug)]
+pub struct Messaging {
+    #[allow(dead_code)]
+    todo: (),
+}
+
+#[allow(clippy::todo, unused_variables, clippy::too_many_arguments)]
+impl Messaging {
+    pub fn vhost_exists(&self, vhost: &str) -> bool {
+        todo!()
+    }
+
+    /// Declares (or with `passive`, checks) an exchange. Re-declaring with
+    /// different properties is PreconditionFailed, as in RabbitMQ.
+    pub fn declare_exchange(
+        &self,
+        vhost: &str,
+        spec: ExchangeSpec,
+        passive: bool,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    pub fn delete_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    /// Declares (or with `passive`, checks) a queue; returns its name (generated
+    /// if the spec's was empty) and counts.
+    pub fn declare_queue(
+        &self,
+        vhost: &str,
+        spec: QueueSpec,
+        passive: bool,
+        connection: ConnectionId,
+    ) -> Result<QueueInfo, MessagingError> {
+        todo!()
+    }
+
+    /// Deletes a queue; returns the number of messages it held. Its consumers
+    /// end (their `next` returns `None`).
+    pub fn delete_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> Result<u64, MessagingError> {
+        todo!()
+    }
+
+    /// The queue, if this connection may use it (exclusive queues belong to one).
+    pub fn queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        connection: ConnectionId,
+    ) -> Result<std::sync::Arc<Queue>, MessagingError> {
+        todo!()
+    }
+
+    pub fn bind_queue(
+        &self,
+        vhost: &str,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Arguments,
+        connection: ConnectionId,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    pub fn unbind_queue(
+        &self,
+        vhost: &str,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Arguments,
+        connection: ConnectionId,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    pub fn bind_exchange(
+        &self,
+        vhost: &str,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: Arguments,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        vhost: &str,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: Arguments,
+    ) -> Result<(), MessagingError> {
+        todo!()
+    }
+
+    /// Routes and appends a message (the default exchange is `""`). Returns
+    /// how many queues got it and what to await for publisher confirms.
+    pub fn publish(&self, vhost: &str, message: Message) -> Result<Published, MessagingError> {
+        todo!()
+    }
+
+    /// A connection closed: delete its exclusive queues.
+    pub fn connection_closed(&self, connection: ConnectionId) {
+        todo!()
+    }
+
+    /// Every exchange and queue of a vhost, for listings.
+    pub fn list(&self, vhost: &str) -> (Vec<ExchangeSpec>, Vec<QueueInfo>) {
+        todo!()
+    }
+}
+
+/// Arguments looked up by name.
+pub fn argument<'a>(args: &'a Arguments, name: &str) -> Option<&'a FieldValue> {
+    args.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
