@@ -126,8 +126,10 @@ async fn read_requests(
             .acquire_many_owned(size as u32)
             .await
             .map_err(|_| "request budget closed".to_string())?;
-        let mut frame = BytesMut::zeroed(size);
-        match tokio::time::timeout(read_timeout, rd.read_exact(&mut frame)).await {
+        // Read into spare capacity rather than a zero-filled buffer: zeroing
+        // a megabyte per produce request was a measurable share of the CPU.
+        let mut frame = BytesMut::with_capacity(size);
+        match tokio::time::timeout(read_timeout, read_frame_body(&mut rd, &mut frame, size)).await {
             Err(_) => {
                 return Err(format!(
                     "request of {size} bytes not received within {} ms",
@@ -149,6 +151,21 @@ async fn read_requests(
             return Ok(());
         }
     }
+}
+
+/// Fills `frame` with exactly `size` bytes.
+async fn read_frame_body(
+    rd: &mut OwnedReadHalf,
+    frame: &mut BytesMut,
+    size: usize,
+) -> std::io::Result<()> {
+    while frame.len() < size {
+        let mut limited = (&mut *rd).take((size - frame.len()) as u64);
+        if limited.read_buf(frame).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 /// Writes each request's response in the order the requests arrived.
