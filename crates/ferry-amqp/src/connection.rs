@@ -1,0 +1,2213 @@
+//! One AMQP connection: the protocol header, connection.start/tune/open,
+//! then channels until connection.close.
+//!
+//! Three tasks per connection: a reader (frames, with the negotiated
+//! frame_max checked before anything is allocated), a writer (encoded bytes
+//! to the socket), and this task, which owns all connection and channel
+//! state and handles, one at a time: frames from the reader, deliveries from
+//! consumer tasks (one per basic.consume), direct replies from other
+//! connections, publisher confirms as their fsyncs complete, the heartbeat
+//! timer and the resource alarm. Everything the client sees is written from
+//! here, so delivery tags and confirms go out in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use amq_protocol::protocol::{
+    AMQPClass, access, basic, channel as chan, confirm, connection, exchange, queue, tx,
+};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use bytes::{Buf, Bytes, BytesMut};
+use ferry_core::messaging::{
+    ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
+    MessagingError, Queue, QueueSpec, StreamOffset,
+};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::{AuthFailure, MECHANISMS};
+use crate::credit::Credit;
+use crate::errors::*;
+use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Method};
+use crate::frame::{PROTOCOL_HEADER, RawFrame, ReadError};
+use crate::props::{self, Props};
+use crate::table;
+use crate::{DirectReply, ReplyTarget, Shared};
+
+/// Frames read ahead of the connection task (each at most frame_max).
+const READ_AHEAD_FRAMES: usize = 16;
+/// Encoded chunks queued for the socket before the connection task waits.
+const WRITE_QUEUE_CHUNKS: usize = 64;
+/// Deliveries consumer tasks may queue for the connection task.
+const DELIVERY_QUEUE_MAX: usize = 256;
+/// Direct replies queued for one connection; more are dropped, as RabbitMQ
+/// drops replies whose requester cannot take them.
+const DIRECT_REPLY_QUEUE_MAX: usize = 4096;
+/// How long we wait for connection.close-ok after sending connection.close.
+const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
+/// Before an unauthenticated client is disconnected (slows password guessing).
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
+pub const DIRECT_REPLY_QUEUE: &str = "amq.rabbitmq.reply-to";
+const DIRECT_REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+enum ReadEvent {
+    Frame(RawFrame),
+    Error(AmqpError),
+    Closed,
+}
+
+// Deliveries are the common case; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum ConsumerEvent {
+    /// `channel_credit` is Some when the delivery took prefetch credit.
+    Delivery {
+        consumer: u64,
+        queue: Arc<Queue>,
+        delivery: Delivery,
+        channel_credit: Option<Arc<Credit>>,
+    },
+    /// The engine ended the consumer; credit taken for nothing is returned.
+    Ended {
+        consumer: u64,
+        channel_credit: Option<Arc<Credit>>,
+    },
+}
+
+struct ConfirmDone {
+    channel: u16,
+    generation: u64,
+    seq: u64,
+    ok: bool,
+}
+
+struct ConsumerEntry {
+    id: u64,
+    /// None for the direct reply-to pseudo-consumer.
+    queue: Option<Arc<Queue>>,
+    engine_tag: String,
+    no_ack: bool,
+    credit: Arc<Credit>,
+    stop: watch::Sender<bool>,
+    /// Deliveries carry `x-stream-offset` (stream consumers).
+    stream: bool,
+}
+
+struct Unacked {
+    queue: Arc<Queue>,
+    id: u64,
+    consumer: Option<u64>,
+    credited: bool,
+}
+
+struct Assembly {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    props: Option<Props>,
+    body_size: u64,
+    body: BytesMut,
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Reject { requeue: bool },
+}
+
+#[derive(Default)]
+struct Tx {
+    publishes: Vec<(Message, bool)>,
+    settles: Vec<(u64, Unacked, Settle)>,
+}
+
+struct Channel {
+    id: u16,
+    generation: u64,
+    /// We sent channel.close and wait for close-ok; everything else is dropped.
+    closing: bool,
+    /// Closed for good: the channel number is free again.
+    gone: bool,
+    assembly: Option<Assembly>,
+    consumers: HashMap<String, ConsumerEntry>,
+    /// basic.qos global=false: the prefetch of consumers created from now on.
+    prefetch: u32,
+    /// basic.qos global=true: shared by the channel's consumers.
+    credit: Arc<Credit>,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    confirm: bool,
+    next_seq: u64,
+    /// Confirm sequence numbers not yet confirmed: None while in flight,
+    /// Some(ack?) once known but waiting for an earlier one (confirms go out
+    /// in order so that `multiple` can batch them).
+    outstanding: BTreeMap<u64, Option<bool>>,
+    tx: Option<Tx>,
+    last_queue: String,
+    /// (consumer tag, reply address) when consuming direct reply-to.
+    reply: Option<(String, String)>,
+}
+
+impl Channel {
+    fn new(id: u16, generation: u64) -> Self {
+        Channel {
+            id,
+            generation,
+            closing: false,
+            gone: false,
+            assembly: None,
+            consumers: HashMap::new(),
+            prefetch: 0,
+            credit: Arc::new(Credit::new(0)),
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            confirm: false,
+            next_seq: 1,
+            outstanding: BTreeMap::new(),
+            tx: None,
+            last_queue: String::new(),
+            reply: None,
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct ClientCaps {
+    cancel_notify: bool,
+    auth_failure_close: bool,
+    blocked: bool,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    epoch: Instant,
+    user: String,
+    vhost: String,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat_s: u16,
+    caps: ClientCaps,
+    channels: HashMap<u16, Channel>,
+    next_generation: u64,
+    out: BytesMut,
+    wrote_since_tick: bool,
+    writer: mpsc::Sender<Bytes>,
+    frames: mpsc::Receiver<ReadEvent>,
+    frame_limit: Arc<AtomicU32>,
+    last_read_ms: Arc<AtomicU64>,
+    deliveries_tx: mpsc::Sender<ConsumerEvent>,
+    deliveries: mpsc::Receiver<ConsumerEvent>,
+    replies_tx: mpsc::Sender<DirectReply>,
+    replies: mpsc::Receiver<DirectReply>,
+    confirms: FuturesUnordered<BoxFuture<'static, ConfirmDone>>,
+    /// consumer id → (channel, client's consumer tag)
+    consumer_index: HashMap<u64, (u16, String)>,
+    next_consumer: u64,
+    /// Set once connection.close went out: the time we give up waiting.
+    closing: Option<Instant>,
+    done: bool,
+    /// Channels and exclusive queues released (once).
+    released: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ss(s: &str) -> ShortString {
+    ShortString::from(s.to_string())
+}
+
+fn s_of(s: &ShortString) -> String {
+    s.as_str().to_string()
+}
+
+/// A consumer tag as RabbitMQ generates them: `amq.ctag-` and 22
+/// URL-safe base64 characters of 16 random bytes.
+fn generated_tag(prefix: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u128 = u128::from_be_bytes(bytes);
+    let mut out = String::with_capacity(prefix.len() + 22);
+    out.push_str(prefix);
+    for _ in 0..22 {
+        out.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+    }
+    out
+}
+
+pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+    }
+    let (rd, mut wr) = socket.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(shared.config.handshake_timeout, rd.read_exact(&mut header)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    if &header != PROTOCOL_HEADER {
+        // AMQP 0-9-1 §4.2.2: answer with the protocol we speak, then close.
+        tracing::debug!(%peer, header = ?header, "amqp: unsupported protocol header");
+        let _ = wr.write_all(PROTOCOL_HEADER).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+
+    let epoch = Instant::now();
+    let frame_limit = Arc::new(AtomicU32::new(shared.config.frame_max));
+    let last_read_ms = Arc::new(AtomicU64::new(0));
+    let (frames_tx, frames) = mpsc::channel(READ_AHEAD_FRAMES);
+    let reader = tokio::spawn(read_loop(
+        rd,
+        frames_tx,
+        frame_limit.clone(),
+        last_read_ms.clone(),
+        epoch,
+    ));
+    let (writer, writer_rx) = mpsc::channel(WRITE_QUEUE_CHUNKS);
+    let writer_task = tokio::spawn(write_loop(wr, writer_rx));
+    let (deliveries_tx, deliveries) = mpsc::channel(DELIVERY_QUEUE_MAX);
+    let (replies_tx, replies) = mpsc::channel(DIRECT_REPLY_QUEUE_MAX);
+    let mut conn = Conn {
+        id: shared.next_connection_id(),
+        frame_max: shared.config.frame_max,
+        channel_max: shared.config.channel_max,
+        heartbeat_s: 0,
+        shared,
+        peer,
+        epoch,
+        user: String::new(),
+        vhost: String::new(),
+        caps: ClientCaps::default(),
+        channels: HashMap::new(),
+        next_generation: 1,
+        out: BytesMut::with_capacity(64 * 1024),
+        wrote_since_tick: false,
+        writer,
+        frames,
+        frame_limit,
+        last_read_ms,
+        deliveries_tx,
+        deliveries,
+        replies_tx,
+        replies,
+        confirms: FuturesUnordered::new(),
+        consumer_index: HashMap::new(),
+        next_consumer: 1,
+        closing: None,
+        done: false,
+        released: false,
+    };
+    let opened = conn.handshake().await;
+    if opened {
+        tracing::debug!(%peer, connection = conn.id, user = %conn.user, vhost = %conn.vhost, "amqp connection open");
+        conn.main_loop().await;
+        conn.release_everything();
+    }
+    let Conn { writer, .. } = conn;
+    drop(writer);
+    // Let the writer flush a final connection.close, but not forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    reader.abort();
+    tracing::debug!(%peer, "amqp connection closed");
+}
+
+async fn read_loop(
+    mut rd: BufReader<OwnedReadHalf>,
+    tx: mpsc::Sender<ReadEvent>,
+    frame_limit: Arc<AtomicU32>,
+    last_read_ms: Arc<AtomicU64>,
+    epoch: Instant,
+) {
+    loop {
+        match frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed)).await {
+            Ok(f) => {
+                last_read_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if tx.send(ReadEvent::Frame(f)).await.is_err() {
+                    return;
+                }
+            }
+            Err(ReadError::Frame(e)) => {
+                let _ = tx.send(ReadEvent::Error(e)).await;
+                return;
+            }
+            Err(ReadError::Closed(e)) => {
+                tracing::trace!(error = %e, "amqp socket closed");
+                let _ = tx.send(ReadEvent::Closed).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(chunk) = rx.recv().await {
+        if wr.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        caps.insert(ss(cap), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert(ss("capabilities"), AMQPValue::FieldTable(caps));
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    props.insert(ss("cluster_name"), text("ferry"));
+    props.insert(ss("copyright"), text("Ferry contributors"));
+    props.insert(
+        ss("information"),
+        text("Ferry: one broker for Kafka, AMQP 0-9-1 and SQS clients"),
+    );
+    props.insert(ss("platform"), text("Rust"));
+    props.insert(ss("product"), text("Ferry"));
+    props.insert(ss("version"), text(env!("CARGO_PKG_VERSION")));
+    props
+}
+
+impl Conn {
+    fn config(&self) -> &crate::AmqpConfig {
+        &self.shared.config
+    }
+
+    fn send_method(&mut self, channel: u16, class: AMQPClass) {
+        frame::put_method(&mut self.out, channel, class);
+    }
+
+    async fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let chunk = self.out.split().freeze();
+        self.wrote_since_tick = true;
+        if self.writer.send(chunk).await.is_err() {
+            self.done = true;
+        }
+    }
+
+    /// Sends connection.close and waits (bounded) for close-ok.
+    async fn close_connection(&mut self, e: &AmqpError) {
+        if self.closing.is_some() {
+            return;
+        }
+        tracing::info!(peer = %self.peer, connection = self.id, code = e.code, text = %e.text, "closing amqp connection");
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code,
+                reply_text: ss(&e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.closing = Some(Instant::now() + CLOSE_OK_WAIT);
+    }
+
+    /// Waits for the next method on channel 0 during the handshake.
+    async fn handshake_method(&mut self, deadline: Instant) -> Option<Result<Method, AmqpError>> {
+        loop {
+            let ev = tokio::time::timeout_at(deadline.into(), self.frames.recv())
+                .await
+                .ok()??;
+            match ev {
+                ReadEvent::Frame(f) if f.kind == FRAME_HEARTBEAT => continue,
+                ReadEvent::Frame(f) if f.kind == FRAME_METHOD && f.channel == 0 => {
+                    return Some(frame::parse_method(&f.payload));
+                }
+                ReadEvent::Frame(f) => {
+                    return Some(Err(AmqpError::connection(
+                        COMMAND_INVALID,
+                        format!(
+                            "frame type {} on channel {} before the connection is open",
+                            f.kind, f.channel
+                        ),
+                    )));
+                }
+                ReadEvent::Error(e) => return Some(Err(e)),
+                ReadEvent::Closed => return None,
+            }
+        }
+    }
+
+    /// Closes during the handshake: connection.close, a short wait for
+    /// close-ok, done.
+    async fn fail_handshake(&mut self, e: AmqpError) {
+        self.close_connection(&e).await;
+        self.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(Ok(m)) = self.handshake_method(deadline).await {
+            if (m.class_id, m.method_id) == (10, 51) {
+                break;
+            }
+        }
+    }
+
+    /// connection.start → start-ok → tune → tune-ok → open → open-ok.
+    async fn handshake(&mut self) -> bool {
+        let deadline = Instant::now() + self.config().handshake_timeout;
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
+                locales: LongString::from(b"en_US".to_vec()),
+            })),
+        );
+        self.flush().await;
+
+        // start-ok
+        let m = match self.handshake_method(deadline).await {
+            None => return false,
+            Some(Err(e)) => {
+                self.fail_handshake(e).await;
+                return false;
+            }
+            Some(Ok(m)) => m,
+        };
+        let AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) = &m.class else {
+            self.fail_handshake(
+                AmqpError::connection(COMMAND_INVALID, "expected 'connection.start_ok'")
+                    .at(m.class_id, m.method_id),
+            )
+            .await;
+            return false;
+        };
+        if let Some(FieldValue::Table(caps)) = table::lookup(&m.table, "capabilities") {
+            let on = |k: &str| matches!(table::lookup(caps, k), Some(FieldValue::Bool(true)));
+            self.caps = ClientCaps {
+                cancel_notify: on("consumer_cancel_notify"),
+                auth_failure_close: on("authentication_failure_close"),
+                blocked: on("connection.blocked"),
+            };
+        }
+        let mechanism = s_of(&start_ok.mechanism);
+        match self.shared.config.users.authenticate(
+            &mechanism,
+            start_ok.response.as_bytes(),
+            self.peer.ip(),
+        ) {
+            Ok(user) => self.user = user,
+            Err(AuthFailure::UnknownMechanism(m)) => {
+                self.fail_handshake(
+                    AmqpError::connection(
+                        COMMAND_INVALID,
+                        format!("unknown authentication mechanism '{m}'"),
+                    )
+                    .at(10, 11),
+                )
+                .await;
+                return false;
+            }
+            Err(AuthFailure::Refused(why) | AuthFailure::BadResponse(why)) => {
+                tracing::warn!(peer = %self.peer, mechanism = %mechanism, "amqp login refused: {why}");
+                tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                if self.caps.auth_failure_close {
+                    self.fail_handshake(
+                        AmqpError::connection(
+                            ACCESS_REFUSED,
+                            format!(
+                                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                            ),
+                        )
+                        .at(10, 11),
+                    )
+                    .await;
+                }
+                return false;
+            }
+        }
+
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: self.config().channel_max,
+                frame_max: self.config().frame_max,
+                heartbeat: self.config().heartbeat_s,
+            })),
+        );
+        self.flush().await;
+
+        // tune-ok
+        let m = match self.handshake_method(deadline).await {
+            None => return false,
+            Some(Err(e)) => {
+                self.fail_handshake(e).await;
+                return false;
+            }
+            Some(Ok(m)) => m,
+        };
+        let AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune)) = &m.class else {
+            self.fail_handshake(
+                AmqpError::connection(COMMAND_INVALID, "expected 'connection.tune_ok'")
+                    .at(m.class_id, m.method_id),
+            )
+            .await;
+            return false;
+        };
+        if let Err(e) = self.negotiate(tune.frame_max, tune.channel_max, tune.heartbeat) {
+            self.fail_handshake(e.at(10, 31)).await;
+            return false;
+        }
+
+        // open
+        let m = match self.handshake_method(deadline).await {
+            None => return false,
+            Some(Err(e)) => {
+                self.fail_handshake(e).await;
+                return false;
+            }
+            Some(Ok(m)) => m,
+        };
+        let AMQPClass::Connection(connection::AMQPMethod::Open(open)) = &m.class else {
+            self.fail_handshake(
+                AmqpError::connection(COMMAND_INVALID, "expected 'connection.open'")
+                    .at(m.class_id, m.method_id),
+            )
+            .await;
+            return false;
+        };
+        let vhost = s_of(&open.virtual_host);
+        if !self.shared.config.users.may_open(&self.user, &vhost) {
+            self.fail_handshake(
+                AmqpError::connection(
+                    NOT_ALLOWED,
+                    format!("access to vhost '{vhost}' refused for user '{}'", self.user),
+                )
+                .at(10, 40),
+            )
+            .await;
+            return false;
+        }
+        if !self.shared.messaging.vhost_exists(&vhost) {
+            self.fail_handshake(
+                AmqpError::connection(NOT_ALLOWED, format!("vhost {vhost} not found")).at(10, 40),
+            )
+            .await;
+            return false;
+        }
+        self.vhost = vhost;
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        let alarm = self.shared.alarm.borrow().clone();
+        if let (Some(reason), true) = (alarm, self.caps.blocked) {
+            self.send_method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: ss(&reason),
+                })),
+            );
+        }
+        self.flush().await;
+        !self.done
+    }
+
+    /// Applies tune-ok as RabbitMQ validates it; 0 from the client means
+    /// "no limit of mine", i.e. the server's.
+    fn negotiate(
+        &mut self,
+        frame_max: u32,
+        channel_max: u16,
+        heartbeat: u16,
+    ) -> Result<(), AmqpError> {
+        let server_frame_max = self.config().frame_max;
+        let server_channel_max = self.config().channel_max;
+        if frame_max != 0 && frame_max < frame::FRAME_MIN_SIZE {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "negotiated frame_max = {frame_max} is lower than the minimum allowed value ({})",
+                    frame::FRAME_MIN_SIZE
+                ),
+            ));
+        }
+        if frame_max > server_frame_max {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "negotiated frame_max = {frame_max} is higher than the maximum allowed value ({server_frame_max})"
+                ),
+            ));
+        }
+        if channel_max > server_channel_max {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "negotiated channel_max = {channel_max} is higher than the maximum allowed value ({server_channel_max})"
+                ),
+            ));
+        }
+        self.frame_max = if frame_max == 0 {
+            server_frame_max
+        } else {
+            frame_max
+        };
+        self.channel_max = if channel_max == 0 {
+            server_channel_max
+        } else {
+            channel_max
+        };
+        self.heartbeat_s = heartbeat;
+        self.frame_limit.store(self.frame_max, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn main_loop(&mut self) {
+        let hb = self.heartbeat_s;
+        let tick_every = Duration::from_millis((u64::from(hb) * 1000 / 2).max(500));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alarm = self.shared.alarm.clone();
+        alarm.mark_unchanged();
+        while !self.done {
+            self.flush().await;
+            if self.done {
+                break;
+            }
+            let close_deadline = self.closing;
+            tokio::select! {
+                ev = self.frames.recv() => match ev {
+                    Some(ReadEvent::Frame(f)) => {
+                        if let Err(e) = self.on_frame(f).await {
+                            self.on_error(e).await;
+                        }
+                    }
+                    Some(ReadEvent::Error(e)) => {
+                        // The stream is out of step: close and stop reading.
+                        self.close_connection(&e).await;
+                        self.flush().await;
+                        self.done = true;
+                    }
+                    Some(ReadEvent::Closed) | None => self.done = true,
+                },
+                Some(ev) = self.deliveries.recv() => self.on_consumer_event(ev),
+                Some(r) = self.replies.recv() => self.on_direct_reply(r),
+                Some(c) = self.confirms.next(), if !self.confirms.is_empty() => self.on_confirm(c),
+                _ = tick.tick() => {
+                    if hb > 0 {
+                        self.on_tick(hb);
+                    }
+                }
+                changed = alarm.changed() => {
+                    if changed.is_err() {
+                        // No alarm source any more: stay as we are.
+                        alarm = watch::channel(None).1;
+                    } else if self.caps.blocked && self.closing.is_none() {
+                        let reason = alarm.borrow_and_update().clone();
+                        let method = match reason {
+                            Some(r) => connection::AMQPMethod::Blocked(connection::Blocked { reason: ss(&r) }),
+                            None => connection::AMQPMethod::Unblocked(connection::Unblocked {}),
+                        };
+                        self.send_method(0, AMQPClass::Connection(method));
+                    }
+                }
+                _ = sleep_until_opt(close_deadline) => self.done = true,
+            }
+        }
+        self.flush().await;
+    }
+
+    fn on_tick(&mut self, hb: u16) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_read_ms.load(Ordering::Relaxed);
+        // Two missed intervals, as RabbitMQ (and the spec) allow.
+        if now.saturating_sub(last) > u64::from(hb) * 2 * 1000 {
+            tracing::warn!(peer = %self.peer, connection = self.id, "missed heartbeats from client, timeout: {hb}s");
+            self.done = true;
+            return;
+        }
+        if !self.wrote_since_tick {
+            frame::put_heartbeat(&mut self.out);
+        }
+        self.wrote_since_tick = false;
+    }
+
+    async fn on_error(&mut self, e: AmqpError) {
+        if e.scope == Scope::Channel {
+            // Channel errors are handled where the channel is known; one
+            // reaching here is a bug, so it closes the connection instead.
+            tracing::error!(code = e.code, text = %e.text, "channel error outside a channel");
+        }
+        self.close_connection(&e).await;
+    }
+
+    async fn on_frame(&mut self, f: RawFrame) -> Result<(), AmqpError> {
+        if self.closing.is_some() {
+            // After connection.close only close/close-ok matter.
+            if f.kind == FRAME_METHOD
+                && f.channel == 0
+                && let Ok(m) = frame::parse_method(&f.payload)
+            {
+                match (m.class_id, m.method_id) {
+                    (10, 51) => self.done = true,
+                    (10, 50) => {
+                        self.send_method(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        self.done = true;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        match f.kind {
+            FRAME_HEARTBEAT => {
+                if f.channel != 0 {
+                    return Err(AmqpError::connection(
+                        FRAME_ERROR,
+                        format!("heartbeat frame on channel {}", f.channel),
+                    ));
+                }
+                Ok(())
+            }
+            FRAME_METHOD => {
+                if f.channel == 0 {
+                    let m = frame::parse_method(&f.payload)?;
+                    return self.on_connection_method(m);
+                }
+                self.on_channel_frame(f).await
+            }
+            FRAME_HEADER | FRAME_BODY => {
+                if f.channel == 0 {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "expected method frame, got non method frame instead",
+                    ));
+                }
+                self.on_channel_frame(f).await
+            }
+            _ => Err(AmqpError::connection(FRAME_ERROR, "unknown frame type")),
+        }
+    }
+
+    fn on_connection_method(&mut self, m: Method) -> Result<(), AmqpError> {
+        let (c, mid) = (m.class_id, m.method_id);
+        match m.class {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                tracing::debug!(peer = %self.peer, code = close.reply_code, text = %close.reply_text.as_str(), "client closed amqp connection");
+                self.release_everything();
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                self.done = true;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
+            // Clients may tell us they are blocked/unblocked; nothing to do.
+            AMQPClass::Connection(
+                connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_),
+            ) => Ok(()),
+            _ => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                format!("unexpected method on channel 0: class {c}, method {mid}"),
+            )
+            .at(c, mid)),
+        }
+    }
+
+    async fn on_channel_frame(&mut self, f: RawFrame) -> Result<(), AmqpError> {
+        let id = f.channel;
+        let Some(mut ch) = self.channels.remove(&id) else {
+            // Only channel.open may name a channel that is not open.
+            if f.kind == FRAME_METHOD {
+                let m = frame::parse_method(&f.payload)?;
+                if let AMQPClass::Channel(chan::AMQPMethod::Open(_)) = m.class {
+                    return self.open_channel(id);
+                }
+                return Err(
+                    AmqpError::connection(CHANNEL_ERROR, "expected 'channel.open'")
+                        .at(m.class_id, m.method_id),
+                );
+            }
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!("frame on channel {id}, which is not open"),
+            ));
+        };
+        let result = if ch.closing {
+            self.on_closing_channel_frame(&mut ch, f)
+        } else {
+            self.on_open_channel_frame(&mut ch, f).await
+        };
+        let result = match result {
+            Err(e) if e.scope == Scope::Channel => {
+                self.close_channel(&mut ch, &e);
+                Ok(())
+            }
+            other => other,
+        };
+        if !ch.gone {
+            self.channels.insert(id, ch);
+        }
+        result
+    }
+
+    fn open_channel(&mut self, id: u16) -> Result<(), AmqpError> {
+        if id > self.channel_max {
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!(
+                    "channel {id} is above the negotiated channel_max ({})",
+                    self.channel_max
+                ),
+            )
+            .at(20, 10));
+        }
+        if self.channels.len() >= usize::from(self.channel_max) {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                    self.channels.len(),
+                    self.channel_max
+                ),
+            )
+            .at(20, 10));
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.channels.insert(id, Channel::new(id, generation));
+        self.send_method(
+            id,
+            AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+        );
+        Ok(())
+    }
+
+    /// A closing channel drops everything but close and close-ok.
+    fn on_closing_channel_frame(&mut self, ch: &mut Channel, f: RawFrame) -> Result<(), AmqpError> {
+        if f.kind != FRAME_METHOD {
+            return Ok(());
+        }
+        let m = frame::parse_method(&f.payload)?;
+        match m.class {
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => mark_gone(ch),
+            AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                self.send_method(
+                    ch.id,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                );
+                mark_gone(ch);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends channel.close for a channel-level error and releases the
+    /// channel's consumers and unacked deliveries.
+    fn close_channel(&mut self, ch: &mut Channel, e: &AmqpError) {
+        tracing::debug!(peer = %self.peer, channel = ch.id, code = e.code, text = %e.text, "closing amqp channel");
+        self.release_channel(ch);
+        ch.closing = true;
+        self.send_method(
+            ch.id,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: e.code,
+                reply_text: ss(&e.text),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+    }
+
+    async fn on_open_channel_frame(
+        &mut self,
+        ch: &mut Channel,
+        f: RawFrame,
+    ) -> Result<(), AmqpError> {
+        match f.kind {
+            FRAME_METHOD => {
+                if let Some(a) = &ch.assembly {
+                    let what = if a.props.is_none() {
+                        "expected content header for class 60, got non content header frame instead"
+                    } else {
+                        "expected content body, got non content body frame instead"
+                    };
+                    return Err(AmqpError::connection(UNEXPECTED_FRAME, what).at(60, 40));
+                }
+                let m = frame::parse_method(&f.payload)?;
+                let (c, mid) = (m.class_id, m.method_id);
+                self.on_channel_method(ch, m)
+                    .await
+                    .map_err(|e| e.at(c, mid))
+            }
+            FRAME_HEADER => {
+                let Some(a) = ch.assembly.as_mut() else {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "expected method frame, got non method frame instead",
+                    ));
+                };
+                if a.props.is_some() {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        "expected content body, got non content body frame instead",
+                    )
+                    .at(60, 40));
+                }
+                let mut p = f.payload.clone();
+                if p.len() < 14 {
+                    return Err(
+                        AmqpError::connection(SYNTAX_ERROR, "content header too short").at(60, 40),
+                    );
+                }
+                let class_id = p.get_u16();
+                let _weight = p.get_u16();
+                let body_size = p.get_u64();
+                if class_id != 60 {
+                    return Err(AmqpError::connection(
+                        UNEXPECTED_FRAME,
+                        format!("expected content header for class 60, got one for class {class_id} instead"),
+                    )
+                    .at(60, 40));
+                }
+                let props = Props::parse(p).map_err(|e| {
+                    AmqpError::connection(SYNTAX_ERROR, format!("content properties: {e}"))
+                        .at(60, 40)
+                })?;
+                let max = self.config().message_bytes_max;
+                if body_size > max {
+                    ch.assembly = None;
+                    return Err(AmqpError::precondition(format!(
+                        "message size {body_size} is larger than configured max size {max}"
+                    ))
+                    .at(60, 40));
+                }
+                a.body_size = body_size;
+                a.props = Some(props);
+                // Grow with the frames rather than trusting the header's size.
+                a.body = BytesMut::with_capacity((body_size as usize).min(1 << 20));
+                if body_size == 0 {
+                    return self.publish_assembled(ch).await;
+                }
+                Ok(())
+            }
+            FRAME_BODY => {
+                let Some(a) = ch.assembly.as_mut().filter(|a| a.props.is_some()) else {
+                    let what = if ch.assembly.is_some() {
+                        "expected content header for class 60, got non content header frame instead"
+                    } else {
+                        "expected method frame, got non method frame instead"
+                    };
+                    return Err(AmqpError::connection(UNEXPECTED_FRAME, what));
+                };
+                if a.body.len() as u64 + f.payload.len() as u64 > a.body_size {
+                    return Err(AmqpError::connection(
+                        FRAME_ERROR,
+                        format!(
+                            "content body is longer than the {} bytes its header announced",
+                            a.body_size
+                        ),
+                    )
+                    .at(60, 40));
+                }
+                a.body.extend_from_slice(&f.payload);
+                if a.body.len() as u64 == a.body_size {
+                    return self.publish_assembled(ch).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn queue_name(&self, ch: &Channel, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        if ch.last_queue.is_empty() {
+            return Err(AmqpError::not_found("no previously declared queue"));
+        }
+        Ok(ch.last_queue.clone())
+    }
+
+    async fn on_channel_method(&mut self, ch: &mut Channel, m: Method) -> Result<(), AmqpError> {
+        let id = ch.id;
+        let vhost = self.vhost.clone();
+        let messaging = self.shared.messaging.clone();
+        let conn_id = self.id;
+        match m.class {
+            AMQPClass::Channel(method) => match method {
+                chan::AMQPMethod::Open(_) => Err(AmqpError::connection(
+                    CHANNEL_ERROR,
+                    "second 'channel.open' seen",
+                )),
+                chan::AMQPMethod::Close(_) => {
+                    self.release_channel(ch);
+                    self.send_method(
+                        id,
+                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                    );
+                    mark_gone(ch);
+                    Ok(())
+                }
+                chan::AMQPMethod::CloseOk(_) => Ok(()),
+                chan::AMQPMethod::Flow(flow) => {
+                    if !flow.active {
+                        // As RabbitMQ: consumers are paced by prefetch instead.
+                        return Err(AmqpError::connection(NOT_IMPLEMENTED, "active=false"));
+                    }
+                    self.send_method(
+                        id,
+                        AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
+                    );
+                    Ok(())
+                }
+                chan::AMQPMethod::FlowOk(_) => Ok(()),
+                chan::AMQPMethod::OpenOk(_) => Err(command_invalid()),
+            },
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.send_method(
+                    id,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Exchange(method) => match method {
+                exchange::AMQPMethod::Declare(d) => {
+                    let name = s_of(&d.exchange);
+                    let spec = if d.passive {
+                        ExchangeSpec {
+                            name,
+                            kind: ExchangeKind::Direct,
+                            durable: false,
+                            auto_delete: false,
+                            internal: false,
+                            arguments: Vec::new(),
+                        }
+                    } else {
+                        ExchangeSpec {
+                            kind: exchange_kind(d.kind.as_str(), &m.table)?,
+                            name,
+                            durable: d.durable,
+                            auto_delete: d.auto_delete,
+                            internal: d.internal,
+                            arguments: m.table,
+                        }
+                    };
+                    messaging.declare_exchange(&vhost, spec, d.passive)?;
+                    if !d.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                                exchange::DeclareOk {},
+                            )),
+                        );
+                    }
+                    Ok(())
+                }
+                exchange::AMQPMethod::Delete(d) => {
+                    match messaging.delete_exchange(&vhost, d.exchange.as_str(), d.if_unused) {
+                        // Deleting what is not there succeeds, as in RabbitMQ.
+                        Ok(()) | Err(MessagingError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if !d.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                                exchange::DeleteOk {},
+                            )),
+                        );
+                    }
+                    Ok(())
+                }
+                exchange::AMQPMethod::Bind(b) => {
+                    messaging.bind_exchange(
+                        &vhost,
+                        b.destination.as_str(),
+                        b.source.as_str(),
+                        b.routing_key.as_str(),
+                        m.table,
+                    )?;
+                    if !b.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                        );
+                    }
+                    Ok(())
+                }
+                exchange::AMQPMethod::Unbind(b) => {
+                    messaging.unbind_exchange(
+                        &vhost,
+                        b.destination.as_str(),
+                        b.source.as_str(),
+                        b.routing_key.as_str(),
+                        m.table,
+                    )?;
+                    if !b.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                                exchange::UnbindOk {},
+                            )),
+                        );
+                    }
+                    Ok(())
+                }
+                _ => Err(command_invalid()),
+            },
+            AMQPClass::Queue(method) => match method {
+                queue::AMQPMethod::Declare(d) => {
+                    let name = s_of(&d.queue);
+                    let (name, messages, consumers) = if name == DIRECT_REPLY_QUEUE {
+                        (name, 0, 0)
+                    } else {
+                        let spec = QueueSpec {
+                            name,
+                            durable: d.durable,
+                            exclusive_owner: d.exclusive.then_some(conn_id),
+                            auto_delete: d.auto_delete,
+                            arguments: m.table,
+                        };
+                        let info = messaging.declare_queue(&vhost, spec, d.passive, conn_id)?;
+                        (info.name, info.message_count, info.consumer_count)
+                    };
+                    ch.last_queue = name.clone();
+                    if !d.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                                queue: ss(&name),
+                                message_count: messages.min(u64::from(u32::MAX)) as u32,
+                                consumer_count: consumers,
+                            })),
+                        );
+                    }
+                    Ok(())
+                }
+                queue::AMQPMethod::Bind(b) => {
+                    let q = self.queue_name(ch, b.queue.as_str())?;
+                    // An empty queue and routing key bind with the queue's name.
+                    let rk = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                        q.clone()
+                    } else {
+                        s_of(&b.routing_key)
+                    };
+                    messaging.bind_queue(&vhost, &q, b.exchange.as_str(), &rk, m.table, conn_id)?;
+                    if !b.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        );
+                    }
+                    Ok(())
+                }
+                queue::AMQPMethod::Unbind(b) => {
+                    let q = self.queue_name(ch, b.queue.as_str())?;
+                    messaging.unbind_queue(
+                        &vhost,
+                        &q,
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        m.table,
+                        conn_id,
+                    )?;
+                    self.send_method(
+                        id,
+                        AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                    );
+                    Ok(())
+                }
+                queue::AMQPMethod::Purge(p) => {
+                    let q = self.queue_name(ch, p.queue.as_str())?;
+                    let n = messaging.queue(&vhost, &q, conn_id)?.purge()?;
+                    if !p.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                                message_count: n.min(u64::from(u32::MAX)) as u32,
+                            })),
+                        );
+                    }
+                    Ok(())
+                }
+                queue::AMQPMethod::Delete(d) => {
+                    let q = self.queue_name(ch, d.queue.as_str())?;
+                    let n = match messaging.delete_queue(
+                        &vhost,
+                        &q,
+                        d.if_unused,
+                        d.if_empty,
+                        conn_id,
+                    ) {
+                        Ok(n) => n,
+                        // Deleting what is not there succeeds, as in RabbitMQ.
+                        Err(MessagingError::NotFound { .. }) => 0,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !d.nowait {
+                        self.send_method(
+                            id,
+                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                                message_count: n.min(u64::from(u32::MAX)) as u32,
+                            })),
+                        );
+                    }
+                    Ok(())
+                }
+                _ => Err(command_invalid()),
+            },
+            AMQPClass::Basic(method) => self.on_basic(ch, method, m.table, m.args).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if ch.tx.is_some() {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                ch.confirm = true;
+                if !s.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(method) => match method {
+                tx::AMQPMethod::Select(_) => {
+                    if ch.confirm {
+                        return Err(AmqpError::precondition(
+                            "cannot switch from confirm to tx mode",
+                        ));
+                    }
+                    if ch.tx.is_none() {
+                        ch.tx = Some(Tx::default());
+                    }
+                    self.send_method(id, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                    Ok(())
+                }
+                tx::AMQPMethod::Commit(_) => {
+                    let Some(t) = ch.tx.replace(Tx::default()) else {
+                        return Err(AmqpError::precondition("channel is not transactional"));
+                    };
+                    self.commit(ch, t).await?;
+                    self.send_method(id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+                    Ok(())
+                }
+                tx::AMQPMethod::Rollback(_) => {
+                    let Some(t) = ch.tx.replace(Tx::default()) else {
+                        return Err(AmqpError::precondition("channel is not transactional"));
+                    };
+                    // Acks are forgotten: those deliveries are unacked again.
+                    for (tag, u, _) in t.settles {
+                        ch.unacked.insert(tag, u);
+                    }
+                    self.send_method(
+                        id,
+                        AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                    );
+                    Ok(())
+                }
+                _ => Err(command_invalid()),
+            },
+            AMQPClass::Connection(_) => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "connection class method on a channel other than 0",
+            )),
+            _ => Err(command_invalid()),
+        }
+    }
+
+    async fn on_basic(
+        &mut self,
+        ch: &mut Channel,
+        method: basic::AMQPMethod,
+        table: Vec<(String, FieldValue)>,
+        args: Bytes,
+    ) -> Result<(), AmqpError> {
+        let id = ch.id;
+        match method {
+            basic::AMQPMethod::Qos(q) => {
+                let prefetch_size = if args.len() >= 4 {
+                    u32::from_be_bytes([args[0], args[1], args[2], args[3]])
+                } else {
+                    0
+                };
+                if prefetch_size != 0 {
+                    return Err(AmqpError::connection(
+                        NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({prefetch_size})"),
+                    ));
+                }
+                if q.global {
+                    ch.credit.set_limit(u32::from(q.prefetch_count));
+                } else {
+                    ch.prefetch = u32::from(q.prefetch_count);
+                }
+                self.send_method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::Consume(c) => self.consume(ch, c, &table),
+            basic::AMQPMethod::Cancel(c) => {
+                let tag = s_of(&c.consumer_tag);
+                self.cancel_consumer(ch, &tag);
+                if !c.nowait {
+                    self.send_method(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
+                }
+                ch.assembly = Some(Assembly {
+                    exchange: s_of(&p.exchange),
+                    routing_key: s_of(&p.routing_key),
+                    mandatory: p.mandatory,
+                    props: None,
+                    body_size: 0,
+                    body: BytesMut::new(),
+                });
+                Ok(())
+            }
+            basic::AMQPMethod::Get(g) => {
+                let q = self.queue_name(ch, g.queue.as_str())?;
+                let queue = self.shared.messaging.queue(&self.vhost, &q, self.id)?;
+                match queue.get(g.no_ack)? {
+                    None => self.send_method(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                    ),
+                    Some(d) => {
+                        let tag = ch.next_tag;
+                        ch.next_tag += 1;
+                        self.send_method(
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                                delivery_tag: tag,
+                                redelivered: d.redelivered,
+                                exchange: ss(&d.message.exchange),
+                                routing_key: ss(&d.message.routing_key),
+                                message_count: d.remaining.min(u64::from(u32::MAX)) as u32,
+                            })),
+                        );
+                        let props = delivery_properties(&d, None);
+                        frame::put_content(
+                            &mut self.out,
+                            id,
+                            &props,
+                            &d.message.body,
+                            self.frame_max,
+                        );
+                        if !g.no_ack {
+                            ch.unacked.insert(
+                                tag,
+                                Unacked {
+                                    queue,
+                                    id: d.id,
+                                    consumer: None,
+                                    credited: false,
+                                },
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Ack(a) => self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack),
+            basic::AMQPMethod::Nack(n) => self.settle(
+                ch,
+                n.delivery_tag,
+                n.multiple,
+                Settle::Reject { requeue: n.requeue },
+            ),
+            basic::AMQPMethod::Reject(r) => self.settle(
+                ch,
+                r.delivery_tag,
+                false,
+                Settle::Reject { requeue: r.requeue },
+            ),
+            basic::AMQPMethod::Recover(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+                }
+                self.requeue_unacked(ch);
+                self.send_method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "requeue=false"));
+                }
+                self.requeue_unacked(ch);
+                Ok(())
+            }
+            _ => Err(command_invalid()),
+        }
+    }
+
+    fn consume(
+        &mut self,
+        ch: &mut Channel,
+        c: basic::Consume,
+        table: &[(String, FieldValue)],
+    ) -> Result<(), AmqpError> {
+        let id = ch.id;
+        let mut tag = s_of(&c.consumer_tag);
+        if tag.is_empty() {
+            tag = generated_tag("amq.ctag-");
+        }
+        if ch.consumers.contains_key(&tag) || ch.reply.as_ref().is_some_and(|(t, _)| *t == tag) {
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        if c.queue.as_str() == DIRECT_REPLY_QUEUE {
+            if !c.no_ack {
+                return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+            }
+            if ch.reply.is_some() {
+                return Err(AmqpError::precondition("reply consumer already set"));
+            }
+            let key = generated_tag(DIRECT_REPLY_PREFIX);
+            self.shared.replies().insert(
+                key.clone(),
+                ReplyTarget {
+                    tx: self.replies_tx.clone(),
+                    channel: id,
+                    generation: ch.generation,
+                },
+            );
+            ch.reply = Some((tag.clone(), key));
+            if !c.nowait {
+                self.send_method(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                        consumer_tag: ss(&tag),
+                    })),
+                );
+            }
+            return Ok(());
+        }
+        let q = self.queue_name(ch, c.queue.as_str())?;
+        let queue = self.shared.messaging.queue(&self.vhost, &q, self.id)?;
+        let priority = match table::lookup(table, "x-priority") {
+            None => 0,
+            Some(FieldValue::Int(p)) => (*p).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+            Some(other) => {
+                return Err(AmqpError::precondition(format!(
+                    "invalid arg 'x-priority' for consumer: {other:?} is not an integer"
+                )));
+            }
+        };
+        let stream_offset = match table::lookup(table, "x-stream-offset") {
+            None => None,
+            Some(v) => Some(stream_offset(v)?),
+        };
+        let consumer_id = self.next_consumer;
+        self.next_consumer += 1;
+        // Unique across the queue even when clients reuse tags on other
+        // channels or connections.
+        let engine_tag = format!("{}.{}.{}", self.id, id, tag);
+        let consumer = queue.consume(ConsumerSpec {
+            tag: engine_tag.clone(),
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            priority,
+            connection: self.id,
+            stream_offset,
+        })?;
+        if !c.nowait {
+            self.send_method(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: ss(&tag),
+                })),
+            );
+        }
+        let credit = Arc::new(Credit::new(ch.prefetch));
+        let (stop, stop_rx) = watch::channel(false);
+        let limits = (!c.no_ack).then(|| (credit.clone(), ch.credit.clone()));
+        tokio::spawn(consumer_loop(
+            consumer,
+            consumer_id,
+            queue.clone(),
+            limits,
+            self.deliveries_tx.clone(),
+            stop_rx,
+            c.no_ack,
+        ));
+        self.consumer_index.insert(consumer_id, (id, tag.clone()));
+        ch.consumers.insert(
+            tag,
+            ConsumerEntry {
+                id: consumer_id,
+                queue: Some(queue),
+                engine_tag,
+                no_ack: c.no_ack,
+                credit,
+                stop,
+                stream: stream_offset.is_some(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops a consumer (client basic.cancel, channel close): the engine
+    /// ends its `next`, and the task ends with it.
+    fn cancel_consumer(&mut self, ch: &mut Channel, tag: &str) {
+        if ch.reply.as_ref().is_some_and(|(t, _)| t == tag) {
+            if let Some((_, key)) = ch.reply.take() {
+                self.shared.replies().remove(&key);
+            }
+            return;
+        }
+        if let Some(c) = ch.consumers.remove(tag) {
+            self.consumer_index.remove(&c.id);
+            if let Some(q) = &c.queue {
+                q.cancel(&c.engine_tag);
+            }
+            let _ = c.stop.send(true);
+        }
+    }
+
+    /// Puts every unacked delivery of the channel back in its queue, in
+    /// delivery order, flagged redelivered.
+    fn requeue_unacked(&mut self, ch: &mut Channel) {
+        let unacked = std::mem::take(&mut ch.unacked);
+        for (_, u) in unacked {
+            self.release_credit(ch, &u);
+            if let Err(e) = u.queue.reject(u.id, true) {
+                tracing::debug!(error = %e, "requeue of an unacked delivery failed");
+            }
+        }
+    }
+
+    fn release_credit(&self, ch: &Channel, u: &Unacked) {
+        if !u.credited {
+            return;
+        }
+        ch.credit.release(1);
+        if let Some(cid) = u.consumer
+            && let Some(c) = ch.consumers.values().find(|c| c.id == cid)
+        {
+            c.credit.release(1);
+        }
+    }
+
+    /// Releases what a channel holds: consumers stop, unacked deliveries
+    /// (and acks held by an uncommitted transaction) go back to their queues.
+    fn release_channel(&mut self, ch: &mut Channel) {
+        let tags: Vec<String> = ch.consumers.keys().cloned().collect();
+        for tag in tags {
+            self.cancel_consumer(ch, &tag);
+        }
+        if let Some((_, key)) = ch.reply.take() {
+            self.shared.replies().remove(&key);
+        }
+        if let Some(t) = ch.tx.take() {
+            for (tag, u, _) in t.settles {
+                ch.unacked.insert(tag, u);
+            }
+        }
+        self.requeue_unacked(ch);
+        ch.assembly = None;
+        ch.outstanding.clear();
+    }
+
+    fn release_everything(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut ch) = self.channels.remove(&id) {
+                self.release_channel(&mut ch);
+            }
+        }
+        self.shared.messaging.connection_closed(self.id);
+    }
+
+    fn settle(
+        &mut self,
+        ch: &mut Channel,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> Result<(), AmqpError> {
+        let tags: Vec<u64> = if multiple && tag == 0 {
+            ch.unacked.keys().copied().collect()
+        } else {
+            if !ch.unacked.contains_key(&tag) {
+                return Err(AmqpError::precondition(format!(
+                    "unknown delivery tag {tag}"
+                )));
+            }
+            if multiple {
+                ch.unacked.range(..=tag).map(|(t, _)| *t).collect()
+            } else {
+                vec![tag]
+            }
+        };
+        for t in tags {
+            let Some(u) = ch.unacked.remove(&t) else {
+                continue;
+            };
+            if let Some(txn) = ch.tx.as_mut() {
+                txn.settles.push((t, u, how));
+                continue;
+            }
+            self.apply_settle(ch, u, how)?;
+        }
+        Ok(())
+    }
+
+    fn apply_settle(&mut self, ch: &mut Channel, u: Unacked, how: Settle) -> Result<(), AmqpError> {
+        self.release_credit(ch, &u);
+        let r = match how {
+            Settle::Ack => u.queue.ack(u.id),
+            Settle::Reject { requeue } => u.queue.reject(u.id, requeue),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // The queue was deleted under the delivery: nothing left to settle.
+            Err(MessagingError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit(&mut self, ch: &mut Channel, t: Tx) -> Result<(), AmqpError> {
+        let mut pending = Vec::new();
+        for (msg, mandatory) in t.publishes {
+            let returned = mandatory.then(|| (msg.properties.clone(), msg.body.clone()));
+            let (exchange, rk) = (msg.exchange.clone(), msg.routing_key.clone());
+            match self.route(msg) {
+                Ok((routed, p)) => {
+                    if routed == 0
+                        && let Some((props, body)) = returned
+                    {
+                        self.basic_return(ch.id, &exchange, &rk, &props, &body);
+                    }
+                    if let Some(p) = p {
+                        pending.push(p);
+                    }
+                }
+                Err(MessagingError::QueueFull(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for p in pending {
+            if let Err(e) = p.durable().await {
+                return Err(e.into());
+            }
+        }
+        for (_, u, how) in t.settles {
+            self.apply_settle(ch, u, how)?;
+        }
+        Ok(())
+    }
+
+    fn basic_return(&mut self, channel: u16, exchange: &str, rk: &str, props: &[u8], body: &[u8]) {
+        self.send_method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: NO_ROUTE,
+                reply_text: ss("NO_ROUTE"),
+                exchange: ss(exchange),
+                routing_key: ss(rk),
+            })),
+        );
+        frame::put_content(&mut self.out, channel, props, body, self.frame_max);
+    }
+
+    /// Routes one message: direct reply-to addresses here, everything else
+    /// through the engine. Returns how many queues took it and, for engine
+    /// publishes, what to await before confirming.
+    fn route(
+        &mut self,
+        msg: Message,
+    ) -> Result<(usize, Option<ferry_core::messaging::PendingDurability>), MessagingError> {
+        if msg.exchange.is_empty() && msg.routing_key.starts_with(DIRECT_REPLY_PREFIX) {
+            let target = self.shared.replies().get(&msg.routing_key).cloned();
+            let routed = match target {
+                Some(t) => {
+                    t.tx.try_send(DirectReply {
+                        channel: t.channel,
+                        generation: t.generation,
+                        routing_key: msg.routing_key,
+                        properties: msg.properties,
+                        body: msg.body,
+                    })
+                    .is_ok()
+                }
+                None => false,
+            };
+            return Ok((usize::from(routed), None));
+        }
+        let published = self.shared.messaging.publish(&self.vhost, msg)?;
+        Ok((published.routed, Some(published.pending)))
+    }
+
+    async fn publish_assembled(&mut self, ch: &mut Channel) -> Result<(), AmqpError> {
+        let Some(a) = ch.assembly.take() else {
+            return Ok(());
+        };
+        let props = a.props.unwrap_or_else(Props::empty);
+        if let Some(u) = props.short_str(props::USER_ID)
+            && u != self.user.as_bytes()
+        {
+            return Err(AmqpError::precondition(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(u),
+                self.user
+            )));
+        }
+        let ttl = match props.short_str(props::EXPIRATION) {
+            Some(e) => Some(Duration::from_millis(
+                props::parse_expiration(e).map_err(AmqpError::precondition)?,
+            )),
+            None => None,
+        };
+        let mut raw = props.raw.clone();
+        if props.short_str(props::REPLY_TO) == Some(DIRECT_REPLY_QUEUE.as_bytes()) {
+            let Some((_, key)) = &ch.reply else {
+                return Err(AmqpError::precondition(
+                    "fast reply consumer does not exist",
+                ));
+            };
+            raw = props.with_short_str(props::REPLY_TO, key.as_bytes());
+        }
+        let priority = props.priority().unwrap_or(0);
+        let persistent = props.delivery_mode() == Some(2);
+        let msg = Message {
+            exchange: a.exchange,
+            routing_key: a.routing_key,
+            properties: raw,
+            deaths: props::deaths_from_headers(&props.headers),
+            headers: props.headers,
+            body: a.body.freeze(),
+            priority,
+            ttl,
+            persistent,
+            published_ms: now_ms(),
+        };
+        let seq = if ch.confirm {
+            let s = ch.next_seq;
+            ch.next_seq += 1;
+            ch.outstanding.insert(s, None);
+            Some(s)
+        } else {
+            None
+        };
+        if let Some(t) = ch.tx.as_mut() {
+            t.publishes.push((msg, a.mandatory));
+            return Ok(());
+        }
+        let returned = a
+            .mandatory
+            .then(|| (msg.properties.clone(), msg.body.clone()));
+        let (exchange, rk) = (msg.exchange.clone(), msg.routing_key.clone());
+        match self.route(msg) {
+            Ok((routed, pending)) => {
+                if routed == 0
+                    && let Some((props, body)) = returned
+                {
+                    self.basic_return(ch.id, &exchange, &rk, &props, &body);
+                }
+                if let Some(seq) = seq {
+                    match pending {
+                        Some(p) => {
+                            let (channel, generation) = (ch.id, ch.generation);
+                            self.confirms.push(Box::pin(async move {
+                                let ok = p.durable().await.is_ok();
+                                ConfirmDone {
+                                    channel,
+                                    generation,
+                                    seq,
+                                    ok,
+                                }
+                            }));
+                        }
+                        None => self.confirm_now(ch, seq, true),
+                    }
+                }
+                Ok(())
+            }
+            // x-overflow reject-publish: the publisher learns by a nack.
+            Err(MessagingError::QueueFull(_)) => {
+                if let Some(seq) = seq {
+                    self.confirm_now(ch, seq, false);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn confirm_now(&mut self, ch: &mut Channel, seq: u64, ok: bool) {
+        ch.outstanding.insert(seq, Some(ok));
+        self.send_confirms(ch);
+    }
+
+    /// Sends the confirms that are known, in order, batching consecutive
+    /// acks with `multiple`.
+    fn send_confirms(&mut self, ch: &mut Channel) {
+        let mut acked_up_to: Option<u64> = None;
+        let mut acked_count = 0u64;
+        while let Some((&seq, &state)) = ch.outstanding.iter().next() {
+            match state {
+                None => break,
+                Some(true) => {
+                    ch.outstanding.remove(&seq);
+                    acked_up_to = Some(seq);
+                    acked_count += 1;
+                }
+                Some(false) => {
+                    if let Some(up_to) = acked_up_to.take() {
+                        frame::put_confirm(&mut self.out, ch.id, true, up_to, acked_count > 1);
+                        acked_count = 0;
+                    }
+                    ch.outstanding.remove(&seq);
+                    frame::put_confirm(&mut self.out, ch.id, false, seq, false);
+                }
+            }
+        }
+        if let Some(up_to) = acked_up_to {
+            frame::put_confirm(&mut self.out, ch.id, true, up_to, acked_count > 1);
+        }
+    }
+
+    fn on_confirm(&mut self, c: ConfirmDone) {
+        let Some(mut ch) = self.channels.remove(&c.channel) else {
+            return;
+        };
+        if ch.generation == c.generation && !ch.closing && ch.outstanding.contains_key(&c.seq) {
+            ch.outstanding.insert(c.seq, Some(c.ok));
+            self.send_confirms(&mut ch);
+        }
+        self.channels.insert(c.channel, ch);
+    }
+
+    fn on_consumer_event(&mut self, ev: ConsumerEvent) {
+        match ev {
+            ConsumerEvent::Delivery {
+                consumer,
+                queue,
+                delivery,
+                channel_credit,
+            } => {
+                let credited = channel_credit.is_some();
+                let target = self
+                    .consumer_index
+                    .get(&consumer)
+                    .cloned()
+                    .filter(|(channel, _)| self.channels.contains_key(channel));
+                let Some((channel, tag)) = target else {
+                    // The consumer went away while this was on its way:
+                    // back to the queue (no-ack deliveries are settled).
+                    if let Some(c) = channel_credit {
+                        c.release(1);
+                        let _ = queue.reject(delivery.id, true);
+                    }
+                    return;
+                };
+                let Some(mut ch) = self.channels.remove(&channel) else {
+                    return;
+                };
+                let (no_ack, stream) = match ch.consumers.get(&tag) {
+                    Some(c) => (c.no_ack, c.stream),
+                    None => (!credited, false),
+                };
+                let dtag = ch.next_tag;
+                ch.next_tag += 1;
+                frame::put_deliver(
+                    &mut self.out,
+                    channel,
+                    &tag,
+                    dtag,
+                    delivery.redelivered,
+                    &delivery.message.exchange,
+                    &delivery.message.routing_key,
+                );
+                let props = delivery_properties(&delivery, stream.then_some(delivery.id));
+                frame::put_content(
+                    &mut self.out,
+                    channel,
+                    &props,
+                    &delivery.message.body,
+                    self.frame_max,
+                );
+                if !no_ack {
+                    ch.unacked.insert(
+                        dtag,
+                        Unacked {
+                            queue,
+                            id: delivery.id,
+                            consumer: Some(consumer),
+                            credited,
+                        },
+                    );
+                }
+                self.channels.insert(channel, ch);
+            }
+            ConsumerEvent::Ended {
+                consumer,
+                channel_credit,
+            } => {
+                if let Some(c) = channel_credit {
+                    c.release(1);
+                }
+                let Some((channel, tag)) = self.consumer_index.remove(&consumer) else {
+                    return;
+                };
+                let Some(mut ch) = self.channels.remove(&channel) else {
+                    return;
+                };
+                if ch.consumers.remove(&tag).is_some() && self.caps.cancel_notify && !ch.closing {
+                    // The queue went away (deleted): tell the client, as
+                    // RabbitMQ does for consumer_cancel_notify clients.
+                    self.send_method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: ss(&tag),
+                            nowait: true,
+                        })),
+                    );
+                }
+                self.channels.insert(channel, ch);
+            }
+        }
+    }
+
+    fn on_direct_reply(&mut self, r: DirectReply) {
+        let Some(mut ch) = self.channels.remove(&r.channel) else {
+            return;
+        };
+        if ch.generation == r.generation
+            && !ch.closing
+            && let Some((tag, key)) = &ch.reply
+            && *key == r.routing_key
+        {
+            let dtag = ch.next_tag;
+            ch.next_tag += 1;
+            let tag = tag.clone();
+            frame::put_deliver(
+                &mut self.out,
+                r.channel,
+                &tag,
+                dtag,
+                false,
+                "",
+                &r.routing_key,
+            );
+            frame::put_content(
+                &mut self.out,
+                r.channel,
+                &r.properties,
+                &r.body,
+                self.frame_max,
+            );
+        }
+        self.channels.insert(r.channel, ch);
+    }
+}
+
+fn command_invalid() -> AmqpError {
+    AmqpError::connection(COMMAND_INVALID, "method not valid from a client")
+}
+
+fn mark_gone(ch: &mut Channel) {
+    ch.closing = true;
+    ch.gone = true;
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn exchange_kind(kind: &str, args: &[(String, FieldValue)]) -> Result<ExchangeKind, AmqpError> {
+    Ok(match kind {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        "headers" => ExchangeKind::Headers,
+        "x-delayed-message" => {
+            let inner = table::lookup(args, "x-delayed-type").and_then(table::as_str);
+            ExchangeKind::Delayed(match inner.as_deref() {
+                Some("direct") => DelayedRouting::Direct,
+                Some("fanout") => DelayedRouting::Fanout,
+                Some("topic") => DelayedRouting::Topic,
+                Some("headers") => DelayedRouting::Headers,
+                _ => {
+                    return Err(AmqpError::precondition(
+                        "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                    ));
+                }
+            })
+        }
+        other => {
+            return Err(AmqpError::connection(
+                COMMAND_INVALID,
+                format!("unknown exchange type '{other}'"),
+            ));
+        }
+    })
+}
+
+fn stream_offset(v: &FieldValue) -> Result<StreamOffset, AmqpError> {
+    Ok(match v {
+        FieldValue::Str(s) => match &s[..] {
+            b"first" => StreamOffset::First,
+            b"last" => StreamOffset::Last,
+            b"next" => StreamOffset::Next,
+            other => {
+                return Err(AmqpError::precondition(format!(
+                    "Invalid value for x-stream-offset: '{}'",
+                    String::from_utf8_lossy(other)
+                )));
+            }
+        },
+        FieldValue::Int(n) if *n >= 0 => StreamOffset::Offset(*n as u64),
+        FieldValue::Timestamp(s) => StreamOffset::Timestamp((*s as i64).saturating_mul(1000)),
+        other => {
+            return Err(AmqpError::precondition(format!(
+                "Invalid value for x-stream-offset: {other:?}"
+            )));
+        }
+    })
+}
+
+/// The properties a delivery goes out with: the publisher's bytes, unless
+/// the message was dead-lettered (x-death rendered in) or comes from a
+/// stream (x-stream-offset added), as RabbitMQ does.
+fn delivery_properties(d: &Delivery, stream_offset: Option<u64>) -> Bytes {
+    let m = &d.message;
+    if m.deaths.is_empty() && stream_offset.is_none() {
+        return m.properties.clone();
+    }
+    let Ok(p) = Props::parse(m.properties.clone()) else {
+        return m.properties.clone();
+    };
+    let mut headers = if m.deaths.is_empty() {
+        p.headers.clone()
+    } else {
+        props::headers_with_deaths(&p.headers, &m.deaths)
+    };
+    if let Some(o) = stream_offset {
+        headers.retain(|(k, _)| k != "x-stream-offset");
+        headers.push(("x-stream-offset".into(), FieldValue::Int(o as i64)));
+    }
+    p.with_headers(&headers)
+}
+
+/// One consumer: takes prefetch credit, waits for the queue's next
+/// delivery, hands it to the connection task. Ends when the engine ends the
+/// consumer (cancel, queue deleted) or the connection goes away.
+async fn consumer_loop(
+    mut consumer: ferry_core::messaging::Consumer,
+    id: u64,
+    queue: Arc<Queue>,
+    limits: Option<(Arc<Credit>, Arc<Credit>)>,
+    tx: mpsc::Sender<ConsumerEvent>,
+    mut stop: watch::Receiver<bool>,
+    no_ack: bool,
+) {
+    loop {
+        let mut channel_credit = None;
+        if let Some((own, channel)) = &limits {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                _ = own.acquire() => {}
+            }
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                _ = channel.acquire() => {}
+            }
+            channel_credit = Some(channel.clone());
+        }
+        match consumer.next().await {
+            Some(delivery) => {
+                let ev = ConsumerEvent::Delivery {
+                    consumer: id,
+                    queue: queue.clone(),
+                    delivery,
+                    channel_credit,
+                };
+                if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
+                    // The connection is gone: put it back.
+                    if let ConsumerEvent::Delivery { delivery, .. } = ev
+                        && !no_ack
+                    {
+                        let _ = queue.reject(delivery.id, true);
+                    }
+                    break;
+                }
+            }
+            None => {
+                let _ = tx
+                    .send(ConsumerEvent::Ended {
+                        consumer: id,
+                        channel_credit,
+                    })
+                    .await;
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Frames on the wire: reading them with the negotiated `frame_max` checked
+//! before anything is allocated, parsing method payloads with amq-protocol
+//! once they are known to be safe for it, and writing the frames the server
+//! sends (the hot ones — deliver, ack, content — encoded by hand).
+//!
+//! amq-protocol trusts every length and recurses into nested tables without
+//! a bound; so its parser only ever sees a payload already bounded by
+//! `frame_max`, whose class and method ids are known, and whose field tables
+//! were parsed first by `table.rs` (bounded nesting). Those tables are what
+//! the front end uses: they keep their order and non-UTF-8 strings.
+
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
+use amq_protocol::protocol::{AMQPClass, parse_class};
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_core::messaging::FieldValue;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::errors::{AmqpError, FRAME_ERROR, NOT_IMPLEMENTED, SYNTAX_ERROR};
+use crate::table::{self, Reader, TableError};
+
+pub const FRAME_METHOD: u8 = 1;
+pub const FRAME_HEADER: u8 = 2;
+pub const FRAME_BODY: u8 = 3;
+pub const FRAME_HEARTBEAT: u8 = 8;
+pub const FRAME_END: u8 = 0xCE;
+/// Type, channel, size.
+pub const FRAME_HEADER_BYTES: usize = 7;
+/// Header plus the end octet: what a frame costs besides its payload.
+pub const FRAME_OVERHEAD_BYTES: usize = 8;
+/// The smallest frame_max a peer may negotiate (AMQP 0-9-1: 4096).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+/// One frame as read: its payload is at most `frame_max` bytes.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub kind: u8,
+    pub channel: u16,
+    pub payload: Bytes,
+}
+
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the connection or the socket failed.
+    Closed(std::io::Error),
+    /// A framing error: connection.close 501, then the stream is unusable.
+    Frame(AmqpError),
+}
+
+/// Reads one frame, refusing (before allocating) a payload above `frame_max`.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    frame_max: u32,
+) -> Result<RawFrame, ReadError> {
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    r.read_exact(&mut head).await.map_err(ReadError::Closed)?;
+    let kind = head[0];
+    let channel = u16::from_be_bytes([head[1], head[2]]);
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
+        return Err(ReadError::Frame(AmqpError::connection(
+            FRAME_ERROR,
+            format!("type {kind}, all octets = <<>>: unknown_frame"),
+        )));
+    }
+    // frame_max counts the whole frame; like RabbitMQ, accept payloads up to
+    // frame_max itself, since some clients count only the payload.
+    if size > frame_max {
+        return Err(ReadError::Frame(AmqpError::connection(
+            FRAME_ERROR,
+            format!(
+                "type {kind}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+                frame_max.saturating_sub(FRAME_OVERHEAD_BYTES as u32)
+            ),
+        )));
+    }
+    let mut payload = BytesMut::zeroed(size as usize + 1);
+    r.read_exact(&mut payload)
+        .await
+        .map_err(ReadError::Closed)?;
+    let end = payload[size as usize];
+    if end != FRAME_END {
+        return Err(ReadError::Frame(AmqpError::connection(
+            FRAME_ERROR,
+            format!("type {kind}, all octets = <<>>: {{invalid_frame_end_marker,{end}}}"),
+        )));
+    }
+    payload.truncate(size as usize);
+    Ok(RawFrame {
+        kind,
+        channel,
+        payload: payload.freeze(),
+    })
+}
+
+/// A parsed method with the field table it carries (declare/bind arguments,
+/// consume arguments, client properties), decoded by `table.rs`.
+#[derive(Debug, Clone)]
+pub struct Method {
+    pub class: AMQPClass,
+    pub table: Vec<(String, FieldValue)>,
+    pub class_id: u16,
+    pub method_id: u16,
+    /// The arguments as sent (after the class and method ids), for the
+    /// fields amq-protocol drops (basic.qos prefetch-size).
+    pub args: Bytes,
+}
+
+/// Every (class, method) pair of 0-9-1 with RabbitMQ's extensions.
+fn is_known(class_id: u16, method_id: u16) -> bool {
+    matches!(
+        (class_id, method_id),
+        (
+            10,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ) | (20, 10 | 11 | 20 | 21 | 40 | 41)
+            | (30, 10 | 11)
+            | (40, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51)
+            | (50, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51)
+            | (
+                60,
+                10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90
+            )
+            | (60, 100 | 110 | 111 | 120)
+            | (85, 10 | 11)
+            | (90, 10 | 11 | 20 | 21 | 30 | 31)
+    )
+}
+
+fn syntax(e: impl std::fmt::Display) -> AmqpError {
+    AmqpError::connection(SYNTAX_ERROR, e)
+}
+
+/// Finds and decodes the one field table a method carries, if any.
+fn method_table(
+    class_id: u16,
+    method_id: u16,
+    args: &[u8],
+) -> Result<Vec<(String, FieldValue)>, TableError> {
+    let mut r = Reader::new(args);
+    match (class_id, method_id) {
+        // connection.start: version-major, version-minor, server-properties
+        (10, 10) => {
+            r.take(2)?;
+        }
+        // connection.start-ok: client-properties first
+        (10, 11) => {}
+        // exchange.declare: ticket, exchange, type, bits, arguments
+        (40, 10) => {
+            r.u16()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.u8()?;
+        }
+        // exchange.bind/unbind: ticket, destination, source, routing-key, bits, arguments
+        (40, 30) | (40, 40) => {
+            r.u16()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.u8()?;
+        }
+        // queue.declare: ticket, queue, bits, arguments
+        (50, 10) => {
+            r.u16()?;
+            r.short_str()?;
+            r.u8()?;
+        }
+        // queue.bind: ticket, queue, exchange, routing-key, bits, arguments
+        (50, 20) => {
+            r.u16()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.u8()?;
+        }
+        // queue.unbind: ticket, queue, exchange, routing-key, arguments (no bits)
+        (50, 50) => {
+            r.u16()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.short_str()?;
+        }
+        // basic.consume: ticket, queue, consumer-tag, bits, arguments
+        (60, 20) => {
+            r.u16()?;
+            r.short_str()?;
+            r.short_str()?;
+            r.u8()?;
+        }
+        _ => return Ok(Vec::new()),
+    }
+    table::read_table(&mut r)
+}
+
+/// Parses a method frame's payload. Unknown class or method ids are 540
+/// NOT_IMPLEMENTED; anything else that does not parse is 502 SYNTAX_ERROR.
+pub fn parse_method(payload: &Bytes) -> Result<Method, AmqpError> {
+    if payload.len() < 4 {
+        return Err(syntax("method frame shorter than its class and method ids"));
+    }
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let method_id = u16::from_be_bytes([payload[2], payload[3]]);
+    if !is_known(class_id, method_id) {
+        return Err(AmqpError::connection(
+            NOT_IMPLEMENTED,
+            format!("unknown method: class {class_id}, method {method_id}"),
+        )
+        .at(class_id, method_id));
+    }
+    let table = method_table(class_id, method_id, &payload[4..])
+        .map_err(|e| syntax(format!("{e}")).at(class_id, method_id))?;
+    match parse_class(&payload[..]) {
+        Ok((&[], class)) => Ok(Method {
+            class,
+            table,
+            class_id,
+            method_id,
+            args: payload.slice(4..),
+        }),
+        Ok((rest, _)) => Err(syntax(format!(
+            "{} unexpected bytes after the method's arguments",
+            rest.len()
+        ))
+        .at(class_id, method_id)),
+        Err(_) => Err(syntax("malformed method arguments").at(class_id, method_id)),
+    }
+}
+
+/// Appends a method frame encoded by amq-protocol.
+pub fn put_method(out: &mut BytesMut, channel: u16, class: AMQPClass) {
+    let frame = AMQPFrame::Method(channel, class);
+    match gen_frame(&frame)(WriteContext::from(Vec::with_capacity(64))) {
+        Ok(ctx) => out.put_slice(&ctx.into_inner().0),
+        // Only reachable with a short string over 255 bytes, which the
+        // callers never build; losing the frame beats a panic.
+        Err(e) => tracing::error!(error = %e, "cannot encode AMQP method frame"),
+    }
+}
+
+fn put_short_str(out: &mut BytesMut, s: &[u8]) {
+    table::write_short_str(out, s);
+}
+
+fn begin(out: &mut BytesMut, kind: u8, channel: u16) -> usize {
+    out.put_u8(kind);
+    out.put_u16(channel);
+    let at = out.len();
+    out.put_u32(0);
+    at
+}
+
+fn finish(out: &mut BytesMut, at: usize) {
+    let size = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&size.to_be_bytes());
+    out.put_u8(FRAME_END);
+}
+
+/// basic.deliver, encoded by hand: it is the hottest frame we send.
+pub fn put_deliver(
+    out: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
+    let at = begin(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    out.put_u16(60);
+    put_short_str(out, consumer_tag.as_bytes());
+    out.put_u64(delivery_tag);
+    out.put_u8(u8::from(redelivered));
+    put_short_str(out, exchange.as_bytes());
+    put_short_str(out, routing_key.as_bytes());
+    finish(out, at);
+}
+
+/// basic.ack or basic.nack to a publisher in confirm mode.
+pub fn put_confirm(out: &mut BytesMut, channel: u16, ack: bool, tag: u64, multiple: bool) {
+    let at = begin(out, FRAME_METHOD, channel);
+    out.put_u16(60);
+    if ack {
+        out.put_u16(80);
+        out.put_u64(tag);
+        out.put_u8(u8::from(multiple));
+    } else {
+        out.put_u16(120);
+        out.put_u64(tag);
+        // multiple, requeue=false
+        out.put_u8(u8::from(multiple));
+    }
+    finish(out, at);
+}
+
+/// A content header (raw properties) and the body split into frames of at
+/// most `frame_max` bytes.
+pub fn put_content(
+    out: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
+    let at = begin(out, FRAME_HEADER, channel);
+    out.put_u16(60);
+    out.put_u16(0);
+    out.put_u64(body.len() as u64);
+    out.put_slice(properties);
+    finish(out, at);
+    let chunk = (frame_max as usize)
+        .saturating_sub(FRAME_OVERHEAD_BYTES)
+        .max(1);
+    for part in body.chunks(chunk) {
+        let at = begin(out, FRAME_BODY, channel);
+        out.put_slice(part);
+        finish(out, at);
+    }
+}
+
+pub fn put_heartbeat(out: &mut BytesMut) {
+    out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use amq_protocol::protocol::{basic, queue};
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    fn encode(class: AMQPClass) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_method(&mut out, 1, class);
+        out[7..out.len() - 1].to_vec()
+    }
+
+    #[test]
+    fn methods_and_their_tables() {
+        let mut args = FieldTable::default();
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(10));
+        let payload = encode(AMQPClass::Queue(queue::AMQPMethod::Declare(
+            queue::Declare {
+                queue: "q".into(),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: args,
+            },
+        )));
+        let m = parse_method(&Bytes::from(payload)).unwrap();
+        assert_eq!((m.class_id, m.method_id), (50, 10));
+        assert_eq!(
+            m.table,
+            vec![("x-max-priority".into(), FieldValue::Int(10))]
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_methods() {
+        assert_eq!(
+            parse_method(&Bytes::from_static(&[0, 99, 0, 1]))
+                .unwrap_err()
+                .code,
+            540
+        );
+        assert_eq!(
+            parse_method(&Bytes::from_static(&[0, 60, 0, 99]))
+                .unwrap_err()
+                .code,
+            540
+        );
+        assert_eq!(
+            parse_method(&Bytes::from_static(&[0, 60]))
+                .unwrap_err()
+                .code,
+            502
+        );
+        // basic.qos with a missing byte.
+        assert_eq!(
+            parse_method(&Bytes::from_static(&[0, 60, 0, 10, 0, 0, 0, 0, 0]))
+                .unwrap_err()
+                .code,
+            502
+        );
+        // Trailing bytes.
+        let mut ok = encode(AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: 1,
+            global: false,
+        })));
+        assert!(parse_method(&Bytes::from(ok.clone())).is_ok());
+        ok.push(0);
+        assert_eq!(parse_method(&Bytes::from(ok)).unwrap_err().code, 502);
+        // Every prefix of a valid frame is an error, never a panic.
+        let full = encode(AMQPClass::Basic(basic::AMQPMethod::Consume(
+            basic::Consume {
+                queue: "q".into(),
+                consumer_tag: "t".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            },
+        )));
+        for cut in 0..full.len() {
+            assert!(parse_method(&Bytes::copy_from_slice(&full[..cut])).is_err());
+        }
+    }
+
+    #[test]
+    fn deeply_nested_arguments_do_not_reach_amq_protocol() {
+        // queue.declare with arguments nested 20_000 tables deep.
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 0..20_000 {
+            let mut t = vec![1, b'a', b'F'];
+            t.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            t.extend_from_slice(&inner);
+            inner = t;
+        }
+        let mut p = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        p.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        p.extend_from_slice(&inner);
+        assert_eq!(parse_method(&Bytes::from(p)).unwrap_err().code, 502);
+    }
+
+    #[test]
+    fn hand_encoded_frames_parse_with_amq_protocol() {
+        let mut out = BytesMut::new();
+        put_deliver(&mut out, 3, "ctag", 9, true, "ex", "rk");
+        let (_, f) = amq_protocol::frame::parse_frame(&out[..]).unwrap();
+        match f {
+            AMQPFrame::Method(3, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                assert_eq!(d.consumer_tag.as_str(), "ctag");
+                assert_eq!(d.delivery_tag, 9);
+                assert!(d.redelivered);
+                assert_eq!(d.exchange.as_str(), "ex");
+                assert_eq!(d.routing_key.as_str(), "rk");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut out = BytesMut::new();
+        put_confirm(&mut out, 1, false, 5, true);
+        let (_, f) = amq_protocol::frame::parse_frame(&out[..]).unwrap();
+        assert!(matches!(
+            f,
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) if n.delivery_tag == 5 && n.multiple && !n.requeue
+        ));
+        let mut out = BytesMut::new();
+        put_content(&mut out, 1, &[0, 0], &[7u8; 10_000], 4096);
+        // header + 3 body frames of at most 4088 bytes
+        let mut rest = &out[..];
+        let mut bodies = 0;
+        while !rest.is_empty() {
+            let (r, f) = amq_protocol::frame::parse_frame(rest).unwrap();
+            if let AMQPFrame::Body(_, b) = f {
+                assert!(b.len() <= 4088);
+                bodies += 1;
+            }
+            rest = r;
+        }
+        assert_eq!(bodies, 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused_before_reading_them() {
+        let mut data: &[u8] = &[1, 0, 1, 0x7f, 0xff, 0xff, 0xff];
+        match read_frame(&mut data, 131072).await {
+            Err(ReadError::Frame(e)) => assert_eq!(e.code, 501),
+            other => panic!("{other:?}"),
+        }
+        let mut data: &[u8] = &[1, 0, 1, 0, 0, 0, 1, 9, 0xCD];
+        match read_frame(&mut data, 131072).await {
+            Err(ReadError::Frame(e)) => assert_eq!(e.code, 501),
+            other => panic!("{other:?}"),
+        }
+        let mut data: &[u8] = &[9, 0, 1, 0, 0, 0, 0, 0xCE];
+        assert!(matches!(
+            read_frame(&mut data, 131072).await,
+            Err(ReadError::Frame(_))
+        ));
+    }
+}

@@ -1,0 +1,141 @@
+//! Ferry's AMQP 0-9-1 front end, in RabbitMQ's dialect: the wire protocol
+//! over TCP, translated into `ferry_core::messaging` calls. Codecs come from
+//! the `amq-protocol` crate; this crate holds connection state only
+//! (negotiation, authentication, channels, content assembly, consumers'
+//! prefetch, publisher confirms, transactions, direct reply-to).
+//!
+//! It must never hold messages beyond one in assembly per channel and what a
+//! consumer's prefetch allows, and never reach into `ferry-log`.
+
+mod auth;
+mod connection;
+mod credit;
+mod errors;
+mod frame;
+mod props;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_core::messaging::Messaging;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use auth::{User, Users};
+
+/// Settings of the AMQP listener (RabbitMQ's defaults where it has them).
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// Largest frame the server accepts and proposes (RabbitMQ: 131072).
+    pub frame_max: u32,
+    /// Most channels per connection (RabbitMQ: 2047).
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (RabbitMQ: 60).
+    pub heartbeat_s: u16,
+    /// Largest message body accepted, checked against the content header
+    /// before any of the body is read (RabbitMQ's `max_message_size`,
+    /// whose default was 128 MiB until 4.0).
+    pub message_bytes_max: u64,
+    /// How long a client has from connecting to connection.open (RabbitMQ's
+    /// `handshake_timeout`: 10 s).
+    pub handshake_timeout: Duration,
+    pub users: Users,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            message_bytes_max: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            users: Users::default(),
+        }
+    }
+}
+
+/// A message sent through direct reply-to to the channel that consumes
+/// `amq.rabbitmq.reply-to`.
+#[derive(Debug)]
+pub(crate) struct DirectReply {
+    pub channel: u16,
+    pub generation: u64,
+    pub routing_key: String,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ReplyTarget {
+    pub tx: mpsc::Sender<DirectReply>,
+    pub channel: u16,
+    pub generation: u64,
+}
+
+/// State shared by every AMQP connection of the process.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub messaging: Arc<Messaging>,
+    pub config: AmqpConfig,
+    /// Reply addresses (`amq.rabbitmq.reply-to.<id>`) of channels consuming
+    /// direct reply-to.
+    pub replies: Mutex<HashMap<String, ReplyTarget>>,
+    /// Some(reason) while a resource alarm blocks publishers.
+    pub alarm: watch::Receiver<Option<String>>,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    pub fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReplyTarget>> {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts AMQP clients on `listener` until the returned future is dropped.
+pub async fn serve(listener: TcpListener, messaging: Arc<Messaging>, config: AmqpConfig) {
+    // No alarm source yet: a sender that is never written keeps every
+    // connection unblocked.
+    let (_alarm_tx, alarm) = watch::channel(None);
+    serve_with_alarm(listener, messaging, config, alarm).await
+}
+
+/// Like `serve`, with a resource alarm: while it holds `Some(reason)`,
+/// clients that announced the `connection.blocked` capability get
+/// connection.blocked, and connection.unblocked when it clears.
+pub async fn serve_with_alarm(
+    listener: TcpListener,
+    messaging: Arc<Messaging>,
+    config: AmqpConfig,
+    alarm: watch::Receiver<Option<String>>,
+) {
+    let shared = Arc::new(Shared {
+        messaging,
+        config,
+        replies: Mutex::new(HashMap::new()),
+        alarm,
+        next_connection: AtomicU64::new(1),
+    });
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(connection::run(socket, peer, shared));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of
+                // spinning.
+                tracing::warn!(error = %e, "amqp accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
