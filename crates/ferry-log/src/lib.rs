@@ -25,6 +25,7 @@ mod error;
 mod index;
 mod log;
 mod producer_state;
+pub mod records;
 mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};

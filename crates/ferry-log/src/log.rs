@@ -623,6 +623,91 @@ impl Log {
         self.durability(info).unwrap_or(Err(LogError::NotDurable))
     }
 
+    /// Resolves once an fsync covers the append, whatever the log's fsync
+    /// policy: group commit on demand. Queues use it with `FsyncPolicy::Never`
+    /// logs, whose batches are visible as soon as they are written, to make
+    /// only the appends that need it (persistent messages) durable before a
+    /// publisher confirm, sharing one fsync among every waiter.
+    pub async fn wait_synced(&self, info: &AppendInfo) -> Result<(), LogError> {
+        if let Some(settled) = self.durability_for(info, true) {
+            return settled;
+        }
+        let _turn = self.sync_lock.lock().await;
+        if let Some(settled) = self.durability_for(info, true) {
+            return settled;
+        }
+        let Some(point) = self.capture_sync() else {
+            return Err(LogError::NotDurable);
+        };
+        let job = self.sync_job(Arc::clone(&point.file));
+        let core = Arc::clone(&self.core);
+        let path = point.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = job();
+            let mut guard = core.lock();
+            core.finish_sync(&mut guard, point, result)
+        })
+        .await
+        .map_err(|join| LogError::io(path, io::Error::other(join.to_string())))??;
+        self.durability_for(info, true)
+            .unwrap_or(Err(LogError::NotDurable))
+    }
+
+    /// Whether everything written has been fsynced.
+    pub fn is_synced(&self) -> bool {
+        let inner = self.lock();
+        !inner.active().mark().is_after(&inner.durable)
+    }
+
+    /// Deletes the segments whose every record lies below `offset` (the log
+    /// start moves up to the first remaining segment), for queues whose
+    /// messages below `offset` are all settled. If the active segment is also
+    /// wholly below `offset` and holds at least `roll_active_bytes_min` bytes,
+    /// it is sealed first so that it can go too (a drained queue then keeps
+    /// only an empty segment). The active segment is never deleted otherwise.
+    pub fn delete_segments_before(
+        &self,
+        offset: i64,
+        roll_active_bytes_min: u64,
+    ) -> Result<RetentionOutcome, LogError> {
+        let now = self.core.clock.now_ms();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut outcome = RetentionOutcome {
+            log_start_offset: inner.log_start_offset,
+            ..RetentionOutcome::default()
+        };
+        let active = inner.active();
+        if !active.is_empty()
+            && active.next_offset <= offset
+            && active.size >= roll_active_bytes_min
+        {
+            self.roll(inner, now)?;
+        }
+        while inner.segments.len() > 1 && inner.segments[0].next_offset <= offset {
+            let oldest = &inner.segments[0];
+            oldest
+                .delete_files()
+                .map_err(|e| LogError::io(&oldest.path, e))?;
+            let deleted = inner.segments.remove(0);
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += deleted.size;
+            inner.log_start_offset = inner.segments[0].base_offset.max(inner.log_start_offset);
+        }
+        outcome.log_start_offset = inner.log_start_offset;
+        if outcome.segments_deleted > 0 {
+            self.delete_snapshots_before(inner.log_start_offset);
+            tracing::debug!(
+                dir = %self.dir.display(),
+                segments = outcome.segments_deleted,
+                bytes = outcome.bytes_deleted,
+                log_start_offset = inner.log_start_offset,
+                "deleted settled segments"
+            );
+        }
+        Ok(outcome)
+    }
+
     /// Reads whole batches starting with the one containing `offset`, at most
     /// `max_bytes` in all, except that the first batch is returned whole even
     /// if larger when `min_one_batch` is set (Kafka KIP-74). Never returns
@@ -1005,10 +1090,16 @@ impl Log {
     /// `Some(result)` once an append's fate is settled, `None` while it waits
     /// for an fsync.
     fn durability(&self, info: &AppendInfo) -> Option<Result<(), LogError>> {
+        self.durability_for(info, false)
+    }
+
+    /// Like `durability`; with `strict`, only an fsync settles an append,
+    /// whatever the policy.
+    fn durability_for(&self, info: &AppendInfo, strict: bool) -> Option<Result<(), LogError>> {
         let inner = self.lock();
         if info.generation == inner.generation {
             let covered = info.last_offset < inner.durable.next_offset;
-            if covered || inner.config.fsync != FsyncPolicy::Always {
+            if covered || (!strict && inner.config.fsync != FsyncPolicy::Always) {
                 return Some(Ok(()));
             }
             return None;
