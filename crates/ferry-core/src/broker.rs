@@ -8,7 +8,8 @@
 //! catalog.journal            topics, partitions and configs (see catalog.rs)
 //! producer_ids               reserved block of producer ids (see producer_ids.rs)
 //! topics/<name>/<partition>/ one ferry-log Log per partition
-//! trash/                     deleted topics, removed in the background
+//! queues/<id>/               one routed-messaging queue: log/ and state.journal
+//! trash/                     deleted topics and queues, removed in the background
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 use crate::CoreError;
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
 use crate::group::{GroupConfig, GroupCoordinator};
+use crate::messaging::{Messaging, MessagingConfig};
 use crate::names::{collision_key, validate_topic_name};
 use crate::producer_ids::ProducerIds;
 use crate::topic_config::{self, ConfigEntry, ConfigOp};
@@ -49,6 +51,9 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
+    /// Segment size of routed-messaging queue logs: drained queues give disk
+    /// back in units of this.
+    pub queue_segment_bytes: u64,
 }
 
 impl BrokerConfig {
@@ -60,6 +65,7 @@ impl BrokerConfig {
             topic_defaults: BTreeMap::new(),
             retention_check_interval_ms: 60_000,
             groups: GroupConfig::default(),
+            queue_segment_bytes: MessagingConfig::default().queue_segment_bytes,
         }
     }
 }
@@ -117,10 +123,13 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     /// Serializes catalog changes; held across validation, disk work and the
     /// journal append so that two creates of one name cannot both succeed.
-    catalog: Mutex<Catalog>,
+    /// Shared with the messaging engine, whose durable exchanges, queues and
+    /// bindings are catalog events too.
+    catalog: Arc<Mutex<Catalog>>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
+    messaging: Arc<Messaging>,
     /// Holds the directory's flock for the broker's lifetime.
     _lock_file: File,
 }
@@ -157,7 +166,8 @@ impl Broker {
         for sub in ["topics", "trash"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_error(dir, e))?;
         }
-        let (catalog, records) = Catalog::open(dir)?;
+        let (catalog, records, messaging_records) = Catalog::open_all(dir)?;
+        let catalog = Arc::new(Mutex::new(catalog));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let groups = Arc::new(GroupCoordinator::open(
             dir,
@@ -165,14 +175,28 @@ impl Broker {
             clock.clone(),
         )?);
         let producer_ids = ProducerIds::open(dir)?;
+        let messaging_config = MessagingConfig {
+            fsync: topic_config::log_config(&config.topic_defaults, &BTreeMap::new()).fsync,
+            queue_segment_bytes: config.queue_segment_bytes,
+            ..MessagingConfig::default()
+        };
+        let messaging = Messaging::open(
+            dir.clone(),
+            messaging_config,
+            catalog.clone(),
+            messaging_records,
+            clock.clone(),
+        )
+        .map_err(|e| io_error(&dir.join("queues"), std::io::Error::other(e.to_string())))?;
         let broker = Broker {
             config,
             cluster_id,
             clock,
-            catalog: Mutex::new(catalog),
+            catalog,
             topics: RwLock::new(BTreeMap::new()),
             groups,
             producer_ids,
+            messaging: Arc::new(messaging),
             _lock_file: lock_file,
         };
         for (name, record) in records {
@@ -281,6 +305,11 @@ impl Broker {
     /// `tokio::spawn(broker.groups().clone().run_timers())`.
     pub fn groups(&self) -> &Arc<GroupCoordinator> {
         &self.groups
+    }
+
+    /// The routed-messaging model (vhosts, exchanges, bindings, queues).
+    pub fn messaging(&self) -> &Arc<Messaging> {
+        &self.messaging
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -528,6 +557,7 @@ impl Broker {
     /// Background work until the task is dropped: interval fsyncs and
     /// retention. Run it with `tokio::spawn`.
     pub async fn run_maintenance(self: Arc<Self>) {
+        self.messaging.start_timers();
         let mut flush_tick = tokio::time::interval(Duration::from_millis(FLUSH_TICK_MS));
         let mut retention_tick = tokio::time::interval(Duration::from_millis(
             self.config.retention_check_interval_ms.max(1),
@@ -578,6 +608,7 @@ impl Broker {
     /// Flushes every log and writes its indexes, so the next start is fast.
     /// Blocking.
     pub fn shutdown(&self) {
+        self.messaging.shutdown();
         for (topic, partition, log) in self.all_logs() {
             if let Err(e) = log.close() {
                 tracing::warn!(topic, partition, error = %e, "could not close log cleanly");

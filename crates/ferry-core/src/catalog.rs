@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::CoreError;
+use crate::messaging::value::StoredValue;
 
 const JOURNAL_FILE: &str = "catalog.journal";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub(crate) enum CatalogEvent {
     TopicCreated {
@@ -40,6 +41,168 @@ pub(crate) enum CatalogEvent {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// A durable exchange (routed messaging). `store` names the directory of
+    /// a delayed-message exchange's store under `queues/`.
+    ExchangeDeclared {
+        vhost: String,
+        name: String,
+        kind: String,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Vec<(String, StoredValue)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store: Option<String>,
+    },
+    /// Also removes every binding from or to the exchange.
+    ExchangeDeleted {
+        vhost: String,
+        name: String,
+    },
+    /// A durable queue; `id` names its directory under `queues/`.
+    QueueDeclared {
+        vhost: String,
+        name: String,
+        id: String,
+        auto_delete: bool,
+        arguments: Vec<(String, StoredValue)>,
+    },
+    /// Also removes every binding to the queue.
+    QueueDeleted {
+        vhost: String,
+        name: String,
+    },
+    /// A binding between durable ends; `to_queue` says whether the
+    /// destination is a queue or an exchange.
+    BindingAdded(BindingRecord),
+    BindingRemoved(BindingRecord),
+}
+
+/// A durable exchange as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ExchangeRecord {
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: Vec<(String, StoredValue)>,
+    pub store: Option<String>,
+}
+
+/// A durable queue as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct QueueRecord {
+    pub id: String,
+    pub auto_delete: bool,
+    pub arguments: Vec<(String, StoredValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BindingRecord {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub to_queue: bool,
+    pub key: String,
+    pub arguments: Vec<(String, StoredValue)>,
+}
+
+/// The routed-messaging part of the catalog, keyed by (vhost, name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct MessagingRecords {
+    pub exchanges: BTreeMap<(String, String), ExchangeRecord>,
+    pub queues: BTreeMap<(String, String), QueueRecord>,
+    /// In the order they were made.
+    pub bindings: Vec<BindingRecord>,
+}
+
+impl MessagingRecords {
+    fn apply(&mut self, event: &CatalogEvent) {
+        match event {
+            CatalogEvent::ExchangeDeclared {
+                vhost,
+                name,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+                store,
+            } => {
+                self.exchanges.insert(
+                    (vhost.clone(), name.clone()),
+                    ExchangeRecord {
+                        kind: kind.clone(),
+                        auto_delete: *auto_delete,
+                        internal: *internal,
+                        arguments: arguments.clone(),
+                        store: store.clone(),
+                    },
+                );
+            }
+            CatalogEvent::ExchangeDeleted { vhost, name } => {
+                self.exchanges.remove(&(vhost.clone(), name.clone()));
+                self.bindings.retain(|b| {
+                    !(b.vhost == *vhost
+                        && (b.source == *name || (!b.to_queue && b.destination == *name)))
+                });
+            }
+            CatalogEvent::QueueDeclared {
+                vhost,
+                name,
+                id,
+                auto_delete,
+                arguments,
+            } => {
+                self.queues.insert(
+                    (vhost.clone(), name.clone()),
+                    QueueRecord {
+                        id: id.clone(),
+                        auto_delete: *auto_delete,
+                        arguments: arguments.clone(),
+                    },
+                );
+            }
+            CatalogEvent::QueueDeleted { vhost, name } => {
+                self.queues.remove(&(vhost.clone(), name.clone()));
+                self.bindings
+                    .retain(|b| !(b.vhost == *vhost && b.to_queue && b.destination == *name));
+            }
+            CatalogEvent::BindingAdded(b) if !self.bindings.contains(b) => {
+                self.bindings.push(b.clone());
+            }
+            CatalogEvent::BindingRemoved(b) => self.bindings.retain(|x| x != b),
+            _ => {}
+        }
+    }
+
+    fn events(&self) -> Vec<CatalogEvent> {
+        let mut out = Vec::new();
+        for ((vhost, name), x) in &self.exchanges {
+            out.push(CatalogEvent::ExchangeDeclared {
+                vhost: vhost.clone(),
+                name: name.clone(),
+                kind: x.kind.clone(),
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+                store: x.store.clone(),
+            });
+        }
+        for ((vhost, name), q) in &self.queues {
+            out.push(CatalogEvent::QueueDeclared {
+                vhost: vhost.clone(),
+                name: name.clone(),
+                id: q.id.clone(),
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            });
+        }
+        out.extend(
+            self.bindings
+                .iter()
+                .cloned()
+                .map(CatalogEvent::BindingAdded),
+        );
+        out
+    }
 }
 
 /// A topic as the catalog records it.
@@ -118,15 +281,26 @@ pub(crate) fn apply(topics: &mut BTreeMap<String, TopicRecord>, event: &CatalogE
                 t.configs = configs.clone();
             }
         }
+        _ => {}
     }
 }
 
 impl Catalog {
     /// Replays the journal in `dir` and rewrites it compacted (one
     /// `TopicCreated` per live topic), so it never grows without bound.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<(Catalog, BTreeMap<String, TopicRecord>), CoreError> {
+        Self::open_all(dir).map(|(c, t, _)| (c, t))
+    }
+
+    /// Like `open`, with the routed-messaging records too (compacted to one
+    /// declare per live exchange and queue and one event per binding).
+    pub(crate) fn open_all(
+        dir: &Path,
+    ) -> Result<(Catalog, BTreeMap<String, TopicRecord>, MessagingRecords), CoreError> {
         let path = dir.join(JOURNAL_FILE);
         let mut topics = BTreeMap::new();
+        let mut messaging = MessagingRecords::default();
         match File::open(&path) {
             Ok(file) => {
                 let mut pending_bad: Option<(usize, &str)> = None;
@@ -136,7 +310,10 @@ impl Catalog {
                         return Err(corrupt(&path, bad + 1, why));
                     }
                     match std::str::from_utf8(&line).ok().and_then(decode) {
-                        Some(event) => apply(&mut topics, &event),
+                        Some(event) => {
+                            apply(&mut topics, &event);
+                            messaging.apply(&event);
+                        }
                         None => pending_bad = Some((n, "checksum or JSON")),
                     }
                 }
@@ -151,14 +328,15 @@ impl Catalog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(catalog_error(&path, e)),
         }
-        let file = Self::rewrite(dir, &path, &topics)?;
-        Ok((Catalog { path, file }, topics))
+        let file = Self::rewrite(dir, &path, &topics, &messaging)?;
+        Ok((Catalog { path, file }, topics, messaging))
     }
 
     fn rewrite(
         dir: &Path,
         path: &Path,
         topics: &BTreeMap<String, TopicRecord>,
+        messaging: &MessagingRecords,
     ) -> Result<File, CoreError> {
         let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
         let mut out = String::new();
@@ -169,6 +347,9 @@ impl Catalog {
                 partitions: t.partitions,
                 configs: t.configs.clone(),
             };
+            out.push_str(&encode(&event).map_err(|e| catalog_error(path, e.into()))?);
+        }
+        for event in messaging.events() {
             out.push_str(&encode(&event).map_err(|e| catalog_error(path, e.into()))?);
         }
         let io = |e| catalog_error(path, e);
@@ -221,6 +402,64 @@ mod tests {
         let (_, topics) = Catalog::open(dir.path()).unwrap();
         assert_eq!(topics.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(topics["a"].partitions, 5);
+    }
+
+    #[test]
+    fn messaging_events_survive_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _, m) = Catalog::open_all(dir.path()).unwrap();
+        assert_eq!(m, MessagingRecords::default());
+        let binding = |dest: &str| BindingRecord {
+            vhost: "/".into(),
+            source: "x".into(),
+            destination: dest.into(),
+            to_queue: true,
+            key: "k".into(),
+            arguments: vec![("a".into(), StoredValue::Int(1))],
+        };
+        for e in [
+            CatalogEvent::ExchangeDeclared {
+                vhost: "/".into(),
+                name: "x".into(),
+                kind: "topic".into(),
+                auto_delete: false,
+                internal: false,
+                arguments: vec![],
+                store: None,
+            },
+            CatalogEvent::QueueDeclared {
+                vhost: "/".into(),
+                name: "q1".into(),
+                id: "id1".into(),
+                auto_delete: false,
+                arguments: vec![("x-max-length".into(), StoredValue::Int(5))],
+            },
+            CatalogEvent::QueueDeclared {
+                vhost: "/".into(),
+                name: "q2".into(),
+                id: "id2".into(),
+                auto_delete: true,
+                arguments: vec![],
+            },
+            CatalogEvent::BindingAdded(binding("q1")),
+            CatalogEvent::BindingAdded(binding("q2")),
+            CatalogEvent::QueueDeleted {
+                vhost: "/".into(),
+                name: "q2".into(),
+            },
+        ] {
+            c.append(&e).unwrap();
+        }
+        drop(c);
+        let (_, _, m) = Catalog::open_all(dir.path()).unwrap();
+        let (_, _, again) = Catalog::open_all(dir.path()).unwrap();
+        assert_eq!(m, again);
+        assert_eq!(m.exchanges.len(), 1);
+        assert_eq!(
+            m.queues.keys().collect::<Vec<_>>(),
+            vec![&("/".to_string(), "q1".to_string())]
+        );
+        assert_eq!(m.bindings, vec![binding("q1")]);
     }
 
     #[test]

@@ -12,11 +12,43 @@
 //!
 //! API CONTRACT: ferry-amqp is written against these signatures; the
 //! implementation fills them in without changing them (adding items is fine).
+//!
+//! Where things are: `engine` (vhosts, exchanges, bindings, routing,
+//! dead-lettering, the catalog events, the timer task), `queue` (the queue
+//! engine: log + delivery state, consumers), `journal` (a durable queue's
+//! delivery-state journal), `codec` (messages as Kafka records), `routing`
+//! (binding indexes: topic trie, headers matching), `args` (queue arguments
+//! and RabbitMQ's equivalence errors), `value` (field values on disk),
+//! `sets` (range sets).
+//!
+//! Error texts are RabbitMQ's explanations without the `CODE_NAME - `
+//! prefix, which the front end adds.
 
+mod args;
+mod codec;
+mod engine;
+mod journal;
+mod queue;
+mod routing;
+mod sets;
+#[cfg(test)]
+mod tests;
+pub(crate) mod value;
+
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_log::{AppendInfo, Log};
 use thiserror::Error;
+use tokio::sync::Notify;
+
+pub use args::PRIORITY_MAX;
+pub use engine::{DEFAULT_VHOST, MessagingConfig};
+
+use engine::Shared;
+use queue::{NextStep, QueueInner, WaitGuard};
+use routing::{Binding, Dest};
 
 /// A field value from a message's headers or a declare's arguments, as far
 /// as routing and queue arguments need to understand it. Front ends convert
@@ -214,16 +246,26 @@ pub struct Published {
 /// Waits for the fsyncs covering a publish.
 #[derive(Debug, Default)]
 pub struct PendingDurability {
-    #[allow(dead_code)]
-    todo: (),
+    /// The appends that need an fsync (persistent messages to durable queues
+    /// under `fsync.policy=always`).
+    waits: Vec<(Arc<Log>, AppendInfo)>,
 }
 
-#[allow(clippy::todo)]
 impl PendingDurability {
     /// Resolves once every append of the publish is durable; an error means
     /// the message may not have been stored (nack the confirm).
     pub async fn durable(self) -> Result<(), MessagingError> {
-        todo!()
+        for (log, info) in &self.waits {
+            log.wait_synced(info)
+                .await
+                .map_err(|e| MessagingError::Storage(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether there is nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.waits.is_empty()
     }
 }
 
@@ -248,7 +290,9 @@ pub enum MessagingError {
     #[error("{0}")]
     AccessRefused(String),
     /// 406 in RabbitMQ for bad arguments (`x-max-length` negative...).
-    #[error("invalid argument {name}: {reason}")]
+    /// `reason` continues RabbitMQ's text after the argument's name, e.g.
+    /// `for queue 'q' in vhost '/': {value_negative,-1}`.
+    #[error("invalid arg '{name}' {reason}")]
     InvalidArgument { name: String, reason: String },
     /// The queue refused the message (x-overflow reject-publish): nack.
     #[error("queue '{0}' is full")]
@@ -258,74 +302,153 @@ pub enum MessagingError {
     Storage(String),
 }
 
+impl MessagingError {
+    /// The AMQP reply code RabbitMQ would answer with.
+    pub fn reply_code(&self) -> u16 {
+        match self {
+            MessagingError::NotFound { .. } => 404,
+            MessagingError::PreconditionFailed(_)
+            | MessagingError::InvalidArgument { .. }
+            | MessagingError::QueueFull(_) => 406,
+            MessagingError::ResourceLocked(_) => 405,
+            MessagingError::AccessRefused(_) => 403,
+            MessagingError::Storage(_) => 541,
+        }
+    }
+}
+
 /// A registered consumer; dropping it (or `Queue::cancel`) stops deliveries.
 #[derive(Debug)]
 pub struct Consumer {
-    #[allow(dead_code)]
-    todo: (),
+    queue: Arc<QueueInner>,
+    key: u64,
+    tag: String,
+    notify: Arc<Notify>,
+    shared: Weak<Shared>,
 }
 
-#[allow(clippy::todo, unused_variables)]
 impl Consumer {
     /// Waits for the next delivery for this consumer. The front end calls it
     /// only when the consumer has prefetch room, so the queue never hands out
     /// more than the consumer can take. `None` once the consumer is
     /// cancelled or the queue is deleted (AMQP: basic.cancel to the client).
+    ///
+    /// Cancel-safe: dropping the future loses no message (a delivery is
+    /// handed over in the same synchronous step that takes it).
     pub async fn next(&mut self) -> Option<Delivery> {
-        todo!()
+        loop {
+            let mut outbox = Vec::new();
+            let step = self.queue.try_next(self.key, &mut outbox);
+            self.queue.finish(outbox);
+            let deadline = match step {
+                NextStep::Delivered(d) => return Some(d),
+                NextStep::Closed => return None,
+                NextStep::Wait(deadline) => deadline,
+            };
+            let mut guard = WaitGuard {
+                queue: &self.queue,
+                key: self.key,
+                armed: true,
+            };
+            match deadline {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), self.notify.notified()).await;
+                }
+                None => self.notify.notified().await,
+            }
+            guard.armed = false;
+        }
     }
 
     pub fn tag(&self) -> &str {
-        todo!()
+        &self.tag
     }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        cancel_consumer(&self.queue, &self.shared, self.key);
+    }
+}
+
+fn cancel_consumer(queue: &QueueInner, shared: &Weak<Shared>, key: u64) -> bool {
+    let (existed, auto_delete) = queue.cancel_key(key);
+    if auto_delete && let Some(shared) = shared.upgrade() {
+        shared.delete_queue_instance(&queue.cfg.vhost, &queue.cfg.name, &queue.cfg.id);
+    }
+    existed
 }
 
 /// One queue.
 #[derive(Debug)]
 pub struct Queue {
-    #[allow(dead_code)]
-    todo: (),
+    inner: Arc<QueueInner>,
 }
 
-#[allow(clippy::todo, unused_variables)]
 impl Queue {
     pub fn name(&self) -> &str {
-        todo!()
+        &self.inner.cfg.name
     }
 
     pub fn info(&self) -> QueueInfo {
-        todo!()
+        self.inner.info()
     }
 
     pub fn consume(&self, spec: ConsumerSpec) -> Result<Consumer, MessagingError> {
-        todo!()
+        let (key, notify) = self.inner.consume(&spec)?;
+        Ok(Consumer {
+            queue: self.inner.clone(),
+            key,
+            tag: spec.tag,
+            notify,
+            shared: self.inner.shared(),
+        })
     }
 
     /// Stops a consumer by tag; its unacked deliveries stay unacked until
     /// settled or requeued.
     pub fn cancel(&self, tag: &str) -> bool {
-        todo!()
+        match self.inner.key_for_tag(tag) {
+            Some(key) => cancel_consumer(&self.inner, &self.inner.shared(), key),
+            None => false,
+        }
     }
 
     /// basic.get: the next ready message, if any.
     pub fn get(&self, no_ack: bool) -> Result<Option<Delivery>, MessagingError> {
-        todo!()
+        self.inner.get(no_ack)
     }
 
     /// Settles a delivery for good.
     pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
-        todo!()
+        self.inner.ack(id)
     }
 
     /// Returns a delivery to the queue (`requeue`), or drops it —
     /// dead-lettering it if the queue has a dead-letter exchange.
     pub fn reject(&self, id: u64, requeue: bool) -> Result<(), MessagingError> {
-        todo!()
+        self.inner.reject(id, requeue)
     }
 
     /// Removes every ready message; returns how many.
     pub fn purge(&self) -> Result<u64, MessagingError> {
-        todo!()
+        self.inner.purge()
+    }
+
+    /// Whether the queue keeps its messages across restarts (durable and not
+    /// exclusive).
+    pub fn is_durable(&self) -> bool {
+        self.inner.journaled()
+    }
+
+    /// Messages held: ready, delayed and unacknowledged.
+    pub fn unsettled(&self) -> u64 {
+        self.inner.unsettled()
+    }
+
+    /// Bytes of the queue's log on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner.log.size_bytes()
     }
 }
 
@@ -333,14 +456,47 @@ impl Queue {
 /// and queue, durable ones journaled in the catalog.
 #[derive(Debug)]
 pub struct Messaging {
-    #[allow(dead_code)]
-    todo: (),
+    shared: Arc<Shared>,
 }
 
-#[allow(clippy::todo, unused_variables, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 impl Messaging {
+    pub(crate) fn open(
+        data_dir: std::path::PathBuf,
+        config: MessagingConfig,
+        catalog: Arc<std::sync::Mutex<crate::catalog::Catalog>>,
+        records: crate::catalog::MessagingRecords,
+        clock: Arc<dyn ferry_log::Clock>,
+    ) -> Result<Messaging, MessagingError> {
+        Ok(Messaging {
+            shared: Shared::open(data_dir, config, catalog, records, clock)?,
+        })
+    }
+
+    /// Creates a vhost (with its standard exchanges) if it does not exist.
+    pub fn add_vhost(&self, vhost: &str) {
+        self.shared.add_vhost(vhost);
+    }
+
+    /// Starts the background task (expiry, delayed messages, journal fsyncs,
+    /// disk reclaim) if it is not running; needs a tokio runtime. Declares
+    /// and publishes start it too.
+    pub fn start_timers(&self) {
+        self.shared.ensure_timers();
+    }
+
+    /// Runs one round of the background work now. Blocking.
+    pub fn run_timers_once(&self) {
+        self.shared.tick();
+    }
+
+    /// Flushes every queue's journal and log, for a clean shutdown. Blocking.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
     pub fn vhost_exists(&self, vhost: &str) -> bool {
-        todo!()
+        self.shared.vhost_exists(vhost)
     }
 
     /// Declares (or with `passive`, checks) an exchange. Re-declaring with
@@ -351,7 +507,8 @@ impl Messaging {
         spec: ExchangeSpec,
         passive: bool,
     ) -> Result<(), MessagingError> {
-        todo!()
+        self.shared.ensure_timers();
+        self.shared.declare_exchange(vhost, spec, passive)
     }
 
     pub fn delete_exchange(
@@ -360,7 +517,7 @@ impl Messaging {
         name: &str,
         if_unused: bool,
     ) -> Result<(), MessagingError> {
-        todo!()
+        self.shared.delete_exchange(vhost, name, if_unused)
     }
 
     /// Declares (or with `passive`, checks) a queue; returns its name (generated
@@ -372,7 +529,7 @@ impl Messaging {
         passive: bool,
         connection: ConnectionId,
     ) -> Result<QueueInfo, MessagingError> {
-        todo!()
+        self.shared.declare_queue(vhost, spec, passive, connection)
     }
 
     /// Deletes a queue; returns the number of messages it held. Its consumers
@@ -385,7 +542,8 @@ impl Messaging {
         if_empty: bool,
         connection: ConnectionId,
     ) -> Result<u64, MessagingError> {
-        todo!()
+        self.shared
+            .delete_queue(vhost, name, if_unused, if_empty, connection)
     }
 
     /// The queue, if this connection may use it (exclusive queues belong to one).
@@ -395,7 +553,7 @@ impl Messaging {
         name: &str,
         connection: ConnectionId,
     ) -> Result<std::sync::Arc<Queue>, MessagingError> {
-        todo!()
+        self.shared.queue(vhost, name, connection)
     }
 
     pub fn bind_queue(
@@ -407,7 +565,13 @@ impl Messaging {
         arguments: Arguments,
         connection: ConnectionId,
     ) -> Result<(), MessagingError> {
-        todo!()
+        let b = Binding {
+            dest: Dest::Queue(queue.to_string()),
+            key: routing_key.to_string(),
+            args: arguments,
+        };
+        self.shared
+            .change_binding(vhost, exchange, b, true, Some(connection))
     }
 
     pub fn unbind_queue(
@@ -419,7 +583,13 @@ impl Messaging {
         arguments: Arguments,
         connection: ConnectionId,
     ) -> Result<(), MessagingError> {
-        todo!()
+        let b = Binding {
+            dest: Dest::Queue(queue.to_string()),
+            key: routing_key.to_string(),
+            args: arguments,
+        };
+        self.shared
+            .change_binding(vhost, exchange, b, false, Some(connection))
     }
 
     pub fn bind_exchange(
@@ -430,7 +600,12 @@ impl Messaging {
         routing_key: &str,
         arguments: Arguments,
     ) -> Result<(), MessagingError> {
-        todo!()
+        let b = Binding {
+            dest: Dest::Exchange(destination.to_string()),
+            key: routing_key.to_string(),
+            args: arguments,
+        };
+        self.shared.change_binding(vhost, source, b, true, None)
     }
 
     pub fn unbind_exchange(
@@ -441,23 +616,28 @@ impl Messaging {
         routing_key: &str,
         arguments: Arguments,
     ) -> Result<(), MessagingError> {
-        todo!()
+        let b = Binding {
+            dest: Dest::Exchange(destination.to_string()),
+            key: routing_key.to_string(),
+            args: arguments,
+        };
+        self.shared.change_binding(vhost, source, b, false, None)
     }
 
     /// Routes and appends a message (the default exchange is `""`). Returns
     /// how many queues got it and what to await for publisher confirms.
     pub fn publish(&self, vhost: &str, message: Message) -> Result<Published, MessagingError> {
-        todo!()
+        self.shared.publish(vhost, message)
     }
 
     /// A connection closed: delete its exclusive queues.
     pub fn connection_closed(&self, connection: ConnectionId) {
-        todo!()
+        self.shared.connection_closed(connection)
     }
 
     /// Every exchange and queue of a vhost, for listings.
     pub fn list(&self, vhost: &str) -> (Vec<ExchangeSpec>, Vec<QueueInfo>) {
-        todo!()
+        self.shared.list(vhost)
     }
 }
 

@@ -1,0 +1,1333 @@
+//! The topology behind [`super::Messaging`]: vhosts, their exchanges (with
+//! bindings) and queues, the catalog events that make durable ones survive a
+//! restart, routing, dead-lettering and the timer task.
+//!
+//! Lock order: the catalog mutex, then a vhost's topology lock, then a
+//! queue's state lock. Nothing takes a topology lock while holding a queue's
+//! lock: queues hand dead letters and auto-deletes back here after releasing
+//! theirs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use ferry_log::{Clock, FsyncPolicy};
+use uuid::Uuid;
+
+use super::args::{self, QueueArgs, exchange_equivalence, kind_name, parse_queue_args, rs};
+use super::codec::{self, Meta};
+use super::queue::{Appended, DeadLetter, QueueConfig, QueueInner, original_expiration};
+use super::routing::{Binding, Bindings, Dest, Routing};
+use super::value::{as_int, as_str, from_stored, to_stored};
+use super::{
+    Arguments, ConnectionId, Death, DeathReason, DelayedRouting, ExchangeKind, ExchangeSpec,
+    FieldValue, Message, MessagingError, PendingDurability, Published, Queue, QueueInfo, QueueSpec,
+    QueueType, argument,
+};
+use crate::catalog::{BindingRecord, Catalog, CatalogEvent, MessagingRecords};
+
+/// The default vhost.
+pub const DEFAULT_VHOST: &str = "/";
+/// Longest exchange or queue name (AMQP short string).
+const NAME_BYTES_MAX: usize = 255;
+/// Exchanges a publish may pass through (exchange-to-exchange bindings and
+/// alternate exchanges): each is visited once anyway, this bounds the work.
+const ROUTE_EXCHANGES_MAX: usize = 1024;
+/// Delayed messages released per exchange per tick.
+const DELAYED_RELEASE_PER_TICK_MAX: usize = 10_000;
+
+/// Settings of the messaging engine.
+#[derive(Debug, Clone)]
+pub struct MessagingConfig {
+    /// Fsync policy of durable queues (the broker's `fsync.policy`):
+    /// `Always` makes publisher confirms of persistent messages wait for a
+    /// group-commit fsync.
+    pub fsync: FsyncPolicy,
+    /// Segment size of queue logs: the unit in which drained queues give
+    /// disk space back.
+    pub queue_segment_bytes: u64,
+    /// How often the timer expires messages, releases delayed ones, fsyncs
+    /// journals and reclaims segments.
+    pub timer_tick: Duration,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            fsync: FsyncPolicy::Always,
+            queue_segment_bytes: 8 * 1024 * 1024,
+            timer_tick: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ExchangeState {
+    pub spec: ExchangeSpec,
+    pub bindings: Bindings,
+    pub alternate: Option<String>,
+    /// Where a delayed-message exchange holds messages until they are due.
+    pub store: Option<Arc<QueueInner>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Topology {
+    pub exchanges: HashMap<String, ExchangeState>,
+    pub queues: HashMap<String, Arc<Queue>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Vhost {
+    pub name: String,
+    topo: RwLock<Topology>,
+}
+
+impl Vhost {
+    fn read(&self) -> RwLockReadGuard<'_, Topology> {
+        self.topo.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Topology> {
+        self.topo.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub data_dir: PathBuf,
+    pub config: MessagingConfig,
+    catalog: Arc<Mutex<Catalog>>,
+    vhosts: RwLock<BTreeMap<String, Arc<Vhost>>>,
+    pub clock: Arc<dyn Clock>,
+    timers_started: AtomicBool,
+    me: Weak<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn storage(e: impl std::fmt::Display) -> MessagingError {
+    MessagingError::Storage(e.to_string())
+}
+
+fn not_found(kind: &'static str, name: &str, vhost: &str) -> MessagingError {
+    MessagingError::NotFound {
+        kind,
+        name: name.to_string(),
+        vhost: vhost.to_string(),
+    }
+}
+
+fn default_exchange_refused() -> MessagingError {
+    MessagingError::AccessRefused("operation not permitted on the default exchange".to_string())
+}
+
+fn locked(name: &str, vhost: &str) -> MessagingError {
+    MessagingError::ResourceLocked(format!(
+        "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+        rs("queue", name, vhost)
+    ))
+}
+
+pub(crate) fn kind_to_string(kind: ExchangeKind) -> String {
+    match kind {
+        ExchangeKind::Delayed(r) => format!(
+            "x-delayed-message:{}",
+            kind_name(match r {
+                DelayedRouting::Direct => ExchangeKind::Direct,
+                DelayedRouting::Fanout => ExchangeKind::Fanout,
+                DelayedRouting::Topic => ExchangeKind::Topic,
+                DelayedRouting::Headers => ExchangeKind::Headers,
+            })
+        ),
+        k => kind_name(k).to_string(),
+    }
+}
+
+pub(crate) fn kind_from_string(s: &str) -> Option<ExchangeKind> {
+    Some(match s {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        "headers" => ExchangeKind::Headers,
+        "x-delayed-message:direct" => ExchangeKind::Delayed(DelayedRouting::Direct),
+        "x-delayed-message:fanout" => ExchangeKind::Delayed(DelayedRouting::Fanout),
+        "x-delayed-message:topic" => ExchangeKind::Delayed(DelayedRouting::Topic),
+        "x-delayed-message:headers" => ExchangeKind::Delayed(DelayedRouting::Headers),
+        _ => return None,
+    })
+}
+
+/// `amq.gen-` and 22 characters of URL-safe base64 of 16 random bytes, as
+/// RabbitMQ names server-named queues.
+fn generated_name() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = Uuid::new_v4();
+    let mut out = String::from("amq.gen-");
+    for chunk in bytes.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize] as char);
+        }
+    }
+    out
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), MessagingError> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(MessagingError::PreconditionFailed(format!(
+            "{kind} name is longer than {NAME_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn standard_exchanges() -> Vec<(&'static str, ExchangeKind)> {
+    vec![
+        ("", ExchangeKind::Direct),
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ]
+}
+
+fn new_exchange(spec: ExchangeSpec, store: Option<Arc<QueueInner>>) -> ExchangeState {
+    let alternate = match argument(&spec.arguments, "alternate-exchange") {
+        Some(FieldValue::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+        _ => None,
+    };
+    ExchangeState {
+        bindings: Bindings::new(Routing::of(spec.kind)),
+        spec,
+        alternate,
+        store,
+    }
+}
+
+fn lookup<'a>(table: &'a [(String, FieldValue)], name: &str) -> Option<&'a FieldValue> {
+    table.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// The extra routing keys of a message (`CC` and `BCC` headers).
+fn extra_keys(headers: &[(String, FieldValue)], name: &str) -> Vec<String> {
+    let to_string = |v: &FieldValue| as_str(v).map(|s| String::from_utf8_lossy(s).into_owned());
+    match lookup(headers, name) {
+        Some(FieldValue::Array(a)) => a.iter().filter_map(to_string).collect(),
+        Some(v) => to_string(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// A queue, and for a delayed exchange's store, its vhost and exchange.
+type QueueAndOwner = (Arc<QueueInner>, Option<(Arc<Vhost>, String)>);
+
+/// Where routing ended: queue names, and whether a delayed exchange took it.
+#[derive(Debug, Default)]
+struct Route {
+    queues: Vec<String>,
+    delayed: Vec<(Arc<QueueInner>, i64)>,
+}
+
+impl Shared {
+    pub fn open(
+        data_dir: PathBuf,
+        config: MessagingConfig,
+        catalog: Arc<Mutex<Catalog>>,
+        records: MessagingRecords,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Shared>, MessagingError> {
+        let queues_dir = data_dir.join("queues");
+        std::fs::create_dir_all(&queues_dir).map_err(storage)?;
+        let shared = Arc::new_cyclic(|me| Shared {
+            data_dir,
+            config,
+            catalog,
+            vhosts: RwLock::new(BTreeMap::new()),
+            clock,
+            timers_started: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        shared.add_vhost(DEFAULT_VHOST);
+        shared.restore(records)?;
+        shared.sweep_orphans(&queues_dir);
+        Ok(shared)
+    }
+
+    fn restore(&self, records: MessagingRecords) -> Result<(), MessagingError> {
+        for ((vhost, name), x) in records.exchanges {
+            let Some(kind) = kind_from_string(&x.kind) else {
+                tracing::warn!(
+                    vhost,
+                    exchange = name,
+                    kind = x.kind,
+                    "unknown exchange type in the catalog; skipped"
+                );
+                continue;
+            };
+            let v = self.add_vhost(&vhost);
+            let spec = ExchangeSpec {
+                name: name.clone(),
+                kind,
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: from_stored(&x.arguments),
+            };
+            let store = match (&x.store, kind) {
+                (Some(id), ExchangeKind::Delayed(_)) => {
+                    Some(self.open_store(&vhost, &name, id, true)?)
+                }
+                _ => None,
+            };
+            v.write().exchanges.insert(name, new_exchange(spec, store));
+        }
+        for ((vhost, name), q) in records.queues {
+            let v = self.add_vhost(&vhost);
+            let arguments = from_stored(&q.arguments);
+            let args = match parse_queue_args(&arguments, &name, &vhost) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(vhost, queue = name, error = %e, "queue arguments in the catalog no longer parse; using none");
+                    QueueArgs::default()
+                }
+            };
+            let cfg = self.queue_config(
+                &vhost,
+                &name,
+                &q.id,
+                true,
+                true,
+                q.auto_delete,
+                None,
+                arguments,
+                args,
+            );
+            let inner = QueueInner::open(cfg, self.me.clone(), self.clock.clone())?;
+            v.write().queues.insert(name, Arc::new(Queue { inner }));
+        }
+        for b in records.bindings {
+            let v = self.add_vhost(&b.vhost);
+            let mut topo = v.write();
+            let dest = if b.to_queue {
+                Dest::Queue(b.destination.clone())
+            } else {
+                Dest::Exchange(b.destination.clone())
+            };
+            if let Some(x) = topo.exchanges.get_mut(&b.source) {
+                x.bindings.add(Binding {
+                    dest,
+                    key: b.key.clone(),
+                    args: from_stored(&b.arguments),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue directories no durable queue or exchange owns: transient queues
+    /// of the previous run, or leftovers of a crash mid-declare.
+    fn sweep_orphans(&self, queues_dir: &std::path::Path) {
+        let mut known = HashSet::new();
+        for v in read(&self.vhosts).values() {
+            let topo = v.read();
+            known.extend(topo.queues.values().map(|q| q.inner.cfg.id.clone()));
+            known.extend(
+                topo.exchanges
+                    .values()
+                    .filter_map(|x| x.store.as_ref().map(|s| s.cfg.id.clone())),
+            );
+        }
+        let Ok(entries) = std::fs::read_dir(queues_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                self.trash(entry.path(), &name);
+            }
+        }
+    }
+
+    /// Moves a queue directory out of the way and removes it in the
+    /// background (readers may still hold its files).
+    fn trash(&self, dir: PathBuf, id: &str) {
+        let trash = self.data_dir.join("trash");
+        let target = trash.join(format!("queue-{id}.{}", Uuid::new_v4().simple()));
+        let moved = std::fs::create_dir_all(&trash).and_then(|()| std::fs::rename(&dir, &target));
+        let doomed = match moved {
+            Ok(()) => target,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not move a queue directory to the trash; removing it in place");
+                dir
+            }
+        };
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&doomed)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %doomed.display(), error = %e, "could not remove a deleted queue's files");
+            }
+        });
+    }
+
+    pub fn add_vhost(&self, name: &str) -> Arc<Vhost> {
+        if let Some(v) = read(&self.vhosts).get(name) {
+            return v.clone();
+        }
+        let mut vhosts = write(&self.vhosts);
+        vhosts
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let mut topo = Topology::default();
+                for (x, kind) in standard_exchanges() {
+                    let spec = ExchangeSpec {
+                        name: x.to_string(),
+                        kind,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        arguments: Vec::new(),
+                    };
+                    topo.exchanges
+                        .insert(x.to_string(), new_exchange(spec, None));
+                }
+                Arc::new(Vhost {
+                    name: name.to_string(),
+                    topo: RwLock::new(topo),
+                })
+            })
+            .clone()
+    }
+
+    pub fn vhost(&self, name: &str) -> Result<Arc<Vhost>, MessagingError> {
+        read(&self.vhosts)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("vhost", name, name))
+    }
+
+    pub fn vhost_exists(&self, name: &str) -> bool {
+        read(&self.vhosts).contains_key(name)
+    }
+
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        lock(&self.catalog)
+    }
+
+    fn journal(catalog: &mut Catalog, event: CatalogEvent) -> Result<(), MessagingError> {
+        catalog.append(&event).map_err(storage)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_config(
+        &self,
+        vhost: &str,
+        name: &str,
+        id: &str,
+        durable: bool,
+        persist: bool,
+        auto_delete: bool,
+        exclusive_owner: Option<ConnectionId>,
+        arguments: Arguments,
+        args: QueueArgs,
+    ) -> QueueConfig {
+        QueueConfig {
+            name: name.to_string(),
+            vhost: vhost.to_string(),
+            id: id.to_string(),
+            dir: self.data_dir.join("queues").join(id),
+            durable,
+            persist,
+            auto_delete,
+            exclusive_owner,
+            arguments,
+            args,
+            internal: false,
+            fsync: self.config.fsync,
+            segment_bytes: self.config.queue_segment_bytes,
+        }
+    }
+
+    fn open_store(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        id: &str,
+        durable: bool,
+    ) -> Result<Arc<QueueInner>, MessagingError> {
+        let mut cfg = self.queue_config(
+            vhost,
+            &format!("delayed store of exchange '{exchange}'"),
+            id,
+            durable,
+            durable,
+            false,
+            None,
+            Vec::new(),
+            QueueArgs::default(),
+        );
+        cfg.internal = true;
+        QueueInner::open(cfg, self.me.clone(), self.clock.clone())
+    }
+
+    // ---- exchanges ----
+
+    pub fn declare_exchange(
+        &self,
+        vhost: &str,
+        spec: ExchangeSpec,
+        passive: bool,
+    ) -> Result<(), MessagingError> {
+        let v = self.vhost(vhost)?;
+        if spec.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        check_name("exchange", &spec.name)?;
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        if let Some(x) = topo.exchanges.get(&spec.name) {
+            if passive {
+                return Ok(());
+            }
+            return exchange_equivalence(&x.spec, &spec, vhost);
+        }
+        if passive {
+            return Err(not_found("exchange", &spec.name, vhost));
+        }
+        if spec.name.starts_with("amq.") {
+            return Err(MessagingError::AccessRefused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let store = match spec.kind {
+            ExchangeKind::Delayed(_) => {
+                let id = Uuid::new_v4().simple().to_string();
+                Some((
+                    id.clone(),
+                    self.open_store(vhost, &spec.name, &id, spec.durable)?,
+                ))
+            }
+            _ => None,
+        };
+        if spec.durable {
+            let event = CatalogEvent::ExchangeDeclared {
+                vhost: vhost.to_string(),
+                name: spec.name.clone(),
+                kind: kind_to_string(spec.kind),
+                auto_delete: spec.auto_delete,
+                internal: spec.internal,
+                arguments: to_stored(&spec.arguments),
+                store: store.as_ref().map(|(id, _)| id.clone()),
+            };
+            if let Err(e) = Self::journal(&mut catalog, event) {
+                if let Some((_, s)) = store {
+                    self.trash(s.cfg.dir.clone(), &s.cfg.id);
+                }
+                return Err(e);
+            }
+        }
+        let name = spec.name.clone();
+        topo.exchanges
+            .insert(name, new_exchange(spec, store.map(|(_, s)| s)));
+        Ok(())
+    }
+
+    pub fn delete_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<(), MessagingError> {
+        let v = self.vhost(vhost)?;
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(MessagingError::AccessRefused(format!(
+                "deletion of system {} not allowed",
+                rs("exchange", name, vhost)
+            )));
+        }
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        let Some(x) = topo.exchanges.get(name) else {
+            // RabbitMQ answers delete-ok for an exchange that is not there.
+            return Ok(());
+        };
+        if if_unused && !x.bindings.is_empty() {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "{} in use",
+                rs("exchange", name, vhost)
+            )));
+        }
+        self.remove_exchange(&mut catalog, &mut topo, vhost, name)
+    }
+
+    /// Removes an exchange, its bindings, the bindings to it (cascading to
+    /// auto-delete sources) and its delayed store.
+    fn remove_exchange(
+        &self,
+        catalog: &mut Catalog,
+        topo: &mut Topology,
+        vhost: &str,
+        name: &str,
+    ) -> Result<(), MessagingError> {
+        let Some(x) = topo.exchanges.get(name) else {
+            return Ok(());
+        };
+        if x.spec.durable {
+            Self::journal(
+                catalog,
+                CatalogEvent::ExchangeDeleted {
+                    vhost: vhost.to_string(),
+                    name: name.to_string(),
+                },
+            )?;
+        }
+        let Some(x) = topo.exchanges.remove(name) else {
+            return Ok(());
+        };
+        if let Some(store) = x.store {
+            store.close_for_delete();
+            self.trash(store.cfg.dir.clone(), &store.cfg.id);
+        }
+        self.remove_bindings_to(catalog, topo, vhost, &Dest::Exchange(name.to_string()))
+    }
+
+    /// Removes every binding to `dest` (the catalog drops them with the
+    /// destination's own deletion event); auto-delete sources left without
+    /// bindings go too.
+    fn remove_bindings_to(
+        &self,
+        catalog: &mut Catalog,
+        topo: &mut Topology,
+        vhost: &str,
+        dest: &Dest,
+    ) -> Result<(), MessagingError> {
+        let mut emptied = Vec::new();
+        for (src, x) in topo.exchanges.iter_mut() {
+            if x.bindings.remove_dest(dest) > 0 && x.bindings.is_empty() && x.spec.auto_delete {
+                emptied.push(src.clone());
+            }
+        }
+        for src in emptied {
+            self.remove_exchange(catalog, topo, vhost, &src)?;
+        }
+        Ok(())
+    }
+
+    // ---- queues ----
+
+    pub fn declare_queue(
+        &self,
+        vhost: &str,
+        spec: QueueSpec,
+        passive: bool,
+        connection: ConnectionId,
+    ) -> Result<QueueInfo, MessagingError> {
+        let v = self.vhost(vhost)?;
+        check_name("queue", &spec.name)?;
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        if let Some(q) = topo.queues.get(&spec.name) {
+            let cfg = &q.inner.cfg;
+            if cfg.exclusive_owner.is_some_and(|o| o != connection) {
+                return Err(locked(&spec.name, vhost));
+            }
+            if passive {
+                q.inner.touch();
+                return Ok(q.inner.info());
+            }
+            let resource = rs("queue", &spec.name, vhost);
+            args::field_equivalence(
+                "durable",
+                &resource,
+                &cfg.durable.to_string(),
+                &spec.durable.to_string(),
+            )?;
+            args::field_equivalence(
+                "auto_delete",
+                &resource,
+                &cfg.auto_delete.to_string(),
+                &spec.auto_delete.to_string(),
+            )?;
+            if cfg.exclusive_owner != spec.exclusive_owner {
+                return Err(locked(&spec.name, vhost));
+            }
+            args::queue_args_equivalence(&cfg.arguments, &spec.arguments, &resource)?;
+            q.inner.touch();
+            return Ok(q.inner.info());
+        }
+        if passive {
+            return Err(not_found("queue", &spec.name, vhost));
+        }
+        let name = if spec.name.is_empty() {
+            generated_name()
+        } else {
+            if spec.name.starts_with("amq.") {
+                return Err(MessagingError::AccessRefused(format!(
+                    "queue name '{}' contains reserved prefix 'amq.*'",
+                    spec.name
+                )));
+            }
+            spec.name.clone()
+        };
+        let args = parse_queue_args(&spec.arguments, &name, vhost)?;
+        let resource = rs("queue", &name, vhost);
+        if matches!(args.queue_type(), QueueType::Quorum | QueueType::Stream) {
+            let bad = if !spec.durable {
+                Some("non-durable")
+            } else if spec.exclusive_owner.is_some() {
+                Some("exclusive-owner")
+            } else if spec.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(p) = bad {
+                return Err(MessagingError::PreconditionFailed(format!(
+                    "invalid property '{p}' for {resource}"
+                )));
+            }
+        }
+        let id = Uuid::new_v4().simple().to_string();
+        let journaled = spec.durable && spec.exclusive_owner.is_none();
+        let cfg = self.queue_config(
+            vhost,
+            &name,
+            &id,
+            spec.durable,
+            journaled,
+            spec.auto_delete,
+            spec.exclusive_owner,
+            spec.arguments.clone(),
+            args,
+        );
+        // The queue's directory first, the journal second: a crash in
+        // between leaves a directory that the next start sweeps away.
+        let inner = QueueInner::open(cfg, self.me.clone(), self.clock.clone())?;
+        if journaled {
+            let event = CatalogEvent::QueueDeclared {
+                vhost: vhost.to_string(),
+                name: name.clone(),
+                id: id.clone(),
+                auto_delete: spec.auto_delete,
+                arguments: to_stored(&spec.arguments),
+            };
+            if let Err(e) = Self::journal(&mut catalog, event) {
+                self.trash(inner.cfg.dir.clone(), &id);
+                return Err(e);
+            }
+        }
+        let queue = Arc::new(Queue { inner });
+        let info = queue.inner.info();
+        topo.queues.insert(name.clone(), queue);
+        drop(topo);
+        drop(catalog);
+        self.ensure_timers();
+        Ok(info)
+    }
+
+    pub fn queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        connection: ConnectionId,
+    ) -> Result<Arc<Queue>, MessagingError> {
+        let v = self.vhost(vhost)?;
+        let topo = v.read();
+        let q = topo
+            .queues
+            .get(name)
+            .ok_or_else(|| not_found("queue", name, vhost))?;
+        if q.inner.cfg.exclusive_owner.is_some_and(|o| o != connection) {
+            return Err(locked(name, vhost));
+        }
+        Ok(q.clone())
+    }
+
+    pub fn delete_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        connection: ConnectionId,
+    ) -> Result<u64, MessagingError> {
+        let v = self.vhost(vhost)?;
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        let Some(q) = topo.queues.get(name) else {
+            // RabbitMQ answers delete-ok (0 messages) for a queue that is not there.
+            return Ok(0);
+        };
+        if q.inner.cfg.exclusive_owner.is_some_and(|o| o != connection) {
+            return Err(locked(name, vhost));
+        }
+        if if_unused && q.inner.consumer_count() > 0 {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "{} in use",
+                rs("queue", name, vhost)
+            )));
+        }
+        if if_empty && q.inner.info().message_count > 0 {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "{} not empty",
+                rs("queue", name, vhost)
+            )));
+        }
+        self.remove_queue(&mut catalog, &mut topo, vhost, name)
+    }
+
+    fn remove_queue(
+        &self,
+        catalog: &mut Catalog,
+        topo: &mut Topology,
+        vhost: &str,
+        name: &str,
+    ) -> Result<u64, MessagingError> {
+        let Some(q) = topo.queues.get(name) else {
+            return Ok(0);
+        };
+        let journaled = q.inner.journaled();
+        if journaled {
+            Self::journal(
+                catalog,
+                CatalogEvent::QueueDeleted {
+                    vhost: vhost.to_string(),
+                    name: name.to_string(),
+                },
+            )?;
+        }
+        let Some(q) = topo.queues.remove(name) else {
+            return Ok(0);
+        };
+        let held = q.inner.close_for_delete();
+        self.trash(q.inner.cfg.dir.clone(), &q.inner.cfg.id);
+        self.remove_bindings_to(catalog, topo, vhost, &Dest::Queue(name.to_string()))?;
+        tracing::debug!(vhost, queue = name, "deleted queue");
+        Ok(held)
+    }
+
+    /// Deletes a queue if it is still the instance `id` (auto-delete,
+    /// `x-expires`): the name may have been reused meanwhile.
+    pub fn delete_queue_instance(&self, vhost: &str, name: &str, id: &str) {
+        let Ok(v) = self.vhost(vhost) else {
+            return;
+        };
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        if topo.queues.get(name).is_some_and(|q| q.inner.cfg.id == id)
+            && let Err(e) = self.remove_queue(&mut catalog, &mut topo, vhost, name)
+        {
+            tracing::warn!(vhost, queue = name, error = %e, "could not delete queue");
+        }
+    }
+
+    pub fn connection_closed(&self, connection: ConnectionId) {
+        let vhosts: Vec<Arc<Vhost>> = read(&self.vhosts).values().cloned().collect();
+        for v in vhosts {
+            let mut catalog = self.catalog();
+            let mut topo = v.write();
+            let owned: Vec<String> = topo
+                .queues
+                .iter()
+                .filter(|(_, q)| q.inner.cfg.exclusive_owner == Some(connection))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in owned {
+                if let Err(e) = self.remove_queue(&mut catalog, &mut topo, &v.name, &name) {
+                    tracing::warn!(vhost = %v.name, queue = name, error = %e, "could not delete an exclusive queue");
+                }
+            }
+        }
+    }
+
+    // ---- bindings ----
+
+    fn binding_record(vhost: &str, source: &str, b: &Binding) -> BindingRecord {
+        let (destination, to_queue) = match &b.dest {
+            Dest::Queue(q) => (q.clone(), true),
+            Dest::Exchange(x) => (x.clone(), false),
+        };
+        BindingRecord {
+            vhost: vhost.to_string(),
+            source: source.to_string(),
+            destination,
+            to_queue,
+            key: b.key.clone(),
+            arguments: to_stored(&b.args),
+        }
+    }
+
+    /// Adds (`add`) or removes a binding from `source` to `binding.dest`.
+    pub fn change_binding(
+        &self,
+        vhost: &str,
+        source: &str,
+        binding: Binding,
+        add: bool,
+        connection: Option<ConnectionId>,
+    ) -> Result<(), MessagingError> {
+        let v = self.vhost(vhost)?;
+        if source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if matches!(&binding.dest, Dest::Exchange(d) if d.is_empty()) {
+            return Err(default_exchange_refused());
+        }
+        let mut catalog = self.catalog();
+        let mut topo = v.write();
+        let Some(src) = topo.exchanges.get(source) else {
+            return Err(not_found("exchange", source, vhost));
+        };
+        let src_durable = src.spec.durable;
+        let dest_durable = match &binding.dest {
+            Dest::Queue(q) => {
+                let Some(queue) = topo.queues.get(q) else {
+                    return Err(not_found("queue", q, vhost));
+                };
+                if let Some(c) = connection
+                    && queue.inner.cfg.exclusive_owner.is_some_and(|o| o != c)
+                {
+                    return Err(locked(q, vhost));
+                }
+                queue.inner.journaled()
+            }
+            Dest::Exchange(x) => match topo.exchanges.get(x) {
+                Some(d) => d.spec.durable,
+                None => return Err(not_found("exchange", x, vhost)),
+            },
+        };
+        let record =
+            (src_durable && dest_durable).then(|| Self::binding_record(vhost, source, &binding));
+        let Some(src) = topo.exchanges.get_mut(source) else {
+            return Err(not_found("exchange", source, vhost));
+        };
+        if add {
+            if src.bindings.contains(&binding) {
+                return Ok(());
+            }
+            if let Some(r) = record {
+                Self::journal(&mut catalog, CatalogEvent::BindingAdded(r))?;
+            }
+            src.bindings.add(binding);
+        } else {
+            if !src.bindings.contains(&binding) {
+                // RabbitMQ answers unbind-ok for a binding that is not there.
+                return Ok(());
+            }
+            if let Some(r) = record {
+                Self::journal(&mut catalog, CatalogEvent::BindingRemoved(r))?;
+            }
+            src.bindings.remove(&binding);
+            if src.bindings.is_empty() && src.spec.auto_delete {
+                self.remove_exchange(&mut catalog, &mut topo, vhost, source)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- routing and publishing ----
+
+    /// Routes from exchange `start`: every exchange at most once, alternate
+    /// exchanges for exchanges that match nothing, delayed exchanges keep
+    /// messages with a positive `x-delay` (except `undelayed`, whose delay
+    /// has passed).
+    fn route(
+        topo: &Topology,
+        start: &str,
+        keys: &[String],
+        headers: &[(String, FieldValue)],
+        undelayed: Option<&str>,
+        now: i64,
+    ) -> Route {
+        let mut route = Route::default();
+        let mut seen_queues = HashSet::new();
+        let mut visited: HashSet<String> = HashSet::new();
+        let mut stack = vec![start.to_string()];
+        while let Some(name) = stack.pop() {
+            if visited.len() >= ROUTE_EXCHANGES_MAX || !visited.insert(name.clone()) {
+                continue;
+            }
+            let Some(x) = topo.exchanges.get(&name) else {
+                continue;
+            };
+            if let (ExchangeKind::Delayed(_), Some(store)) = (x.spec.kind, &x.store)
+                && undelayed != Some(name.as_str())
+                && let Some(delay) = lookup(headers, "x-delay").and_then(as_int)
+                && delay > 0
+            {
+                route
+                    .delayed
+                    .push((store.clone(), now.saturating_add(delay)));
+                continue;
+            }
+            let mut dests: Vec<&Dest> = Vec::new();
+            if name.is_empty() {
+                for k in keys {
+                    if topo.queues.contains_key(k) && seen_queues.insert(k.clone()) {
+                        route.queues.push(k.clone());
+                    }
+                }
+                continue;
+            }
+            for k in keys {
+                x.bindings.route(k, headers, &mut dests);
+            }
+            let matched = !dests.is_empty();
+            for d in dests {
+                match d {
+                    Dest::Queue(q) => {
+                        if topo.queues.contains_key(q) && seen_queues.insert(q.clone()) {
+                            route.queues.push(q.clone());
+                        }
+                    }
+                    Dest::Exchange(e) => stack.push(e.clone()),
+                }
+            }
+            if !matched && let Some(ae) = &x.alternate {
+                stack.push(ae.clone());
+            }
+        }
+        route
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn publish(&self, vhost: &str, mut message: Message) -> Result<Published, MessagingError> {
+        let v = self.vhost(vhost)?;
+        let now = self.now_ms();
+        if message.published_ms == 0 {
+            message.published_ms = now;
+        }
+        let mut keys = vec![message.routing_key.clone()];
+        keys.extend(extra_keys(&message.headers, "CC"));
+        let bcc = extra_keys(&message.headers, "BCC");
+        if !bcc.is_empty() {
+            keys.extend(bcc);
+            message.headers.retain(|(k, _)| k != "BCC");
+        }
+        let (queues, delayed) = {
+            let topo = v.read();
+            let Some(x) = topo.exchanges.get(&message.exchange) else {
+                return Err(not_found("exchange", &message.exchange, vhost));
+            };
+            if x.spec.internal {
+                return Err(MessagingError::AccessRefused(format!(
+                    "cannot publish to internal {}",
+                    rs("exchange", &message.exchange, vhost)
+                )));
+            }
+            let route = Self::route(&topo, &message.exchange, &keys, &message.headers, None, now);
+            let queues: Vec<Arc<Queue>> = route
+                .queues
+                .iter()
+                .filter_map(|q| topo.queues.get(q).cloned())
+                .collect();
+            (queues, route.delayed)
+        };
+        self.ensure_timers();
+        let mut pending = PendingDurability::default();
+        let mut routed = 0;
+        for (store, at) in delayed {
+            let batch = codec::encode_batch(&message, Some(at), now);
+            let meta = Meta {
+                persistent: message.persistent,
+                priority: 0,
+                ttl_ms: None,
+                deliver_at_ms: Some(at),
+            };
+            if let Appended::Stored(wait) = self.append_to(&store, &batch, &meta, &message)? {
+                routed += 1;
+                if let Some(info) = wait {
+                    pending.waits.push((store.log.clone(), info));
+                }
+            }
+        }
+        let full = self.deliver(&queues, &message, now, &mut pending, &mut routed)?;
+        if let Some(name) = full {
+            return Err(MessagingError::QueueFull(name));
+        }
+        Ok(Published { routed, pending })
+    }
+
+    fn append_to(
+        &self,
+        q: &QueueInner,
+        batch: &[u8],
+        meta: &Meta,
+        message: &Message,
+    ) -> Result<Appended, MessagingError> {
+        let mut outbox = Vec::new();
+        let result = q.append(batch, meta, message.body.len() as u64, &mut outbox);
+        q.finish(outbox);
+        result
+    }
+
+    /// Appends to each queue; returns the name of a queue that refused it
+    /// (reject-publish), if one did.
+    fn deliver(
+        &self,
+        queues: &[Arc<Queue>],
+        message: &Message,
+        now: i64,
+        pending: &mut PendingDurability,
+        routed: &mut usize,
+    ) -> Result<Option<String>, MessagingError> {
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let batch = codec::encode_batch(message, None, now);
+        let meta = Meta {
+            persistent: message.persistent,
+            priority: message.priority,
+            ttl_ms: message
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            deliver_at_ms: None,
+        };
+        let mut full = None;
+        for q in queues {
+            match self.append_to(&q.inner, &batch, &meta, message)? {
+                Appended::Stored(wait) => {
+                    *routed += 1;
+                    if let Some(info) = wait {
+                        pending.waits.push((q.inner.log.clone(), info));
+                    }
+                }
+                Appended::Refused { dead_letter } => {
+                    *routed += 1;
+                    if dead_letter {
+                        self.dead_letter(
+                            &q.inner.cfg,
+                            &[DeadLetter {
+                                offset: 0,
+                                message: message.clone(),
+                                reason: DeathReason::Maxlen,
+                            }],
+                        );
+                    }
+                    full = Some(q.inner.cfg.name.clone());
+                }
+                Appended::Gone => {}
+            }
+        }
+        Ok(full)
+    }
+
+    /// Republishes messages a queue dead-letters, each with a `Death` for
+    /// this queue and reason merged into its history. Failures are logged:
+    /// the message is then dropped, as RabbitMQ drops it.
+    pub fn dead_letter(&self, from: &QueueConfig, letters: &[DeadLetter]) {
+        let Some(dlx) = from.args.dead_letter_exchange.clone() else {
+            return;
+        };
+        let Ok(v) = self.vhost(&from.vhost) else {
+            return;
+        };
+        let now = self.now_ms();
+        for letter in letters {
+            let mut m = letter.message.clone();
+            let mut original_keys = vec![m.routing_key.clone()];
+            original_keys.extend(extra_keys(&m.headers, "CC"));
+            let time_s = u64::try_from(now / 1000).unwrap_or(0);
+            let original_expiration = original_expiration(&m);
+            match m
+                .deaths
+                .iter()
+                .position(|d| d.queue == from.name && d.reason == letter.reason)
+            {
+                Some(i) => {
+                    let mut d = m.deaths.remove(i);
+                    d.count += 1;
+                    m.deaths.insert(0, d);
+                }
+                None => m.deaths.insert(
+                    0,
+                    Death {
+                        queue: from.name.clone(),
+                        reason: letter.reason,
+                        count: 1,
+                        exchange: m.exchange.clone(),
+                        routing_keys: original_keys,
+                        time_s,
+                        original_expiration,
+                    },
+                ),
+            }
+            if let Some(k) = &from.args.dead_letter_routing_key {
+                m.routing_key = k.clone();
+                m.headers.retain(|(k, _)| k != "CC" && k != "BCC");
+            }
+            m.exchange = dlx.clone();
+            m.ttl = None;
+            let queues: Vec<Arc<Queue>> = {
+                let topo = v.read();
+                if !topo.exchanges.contains_key(&dlx) {
+                    tracing::debug!(vhost = %from.vhost, queue = %from.name, exchange = dlx, "dead-letter exchange does not exist; message dropped");
+                    continue;
+                }
+                let mut keys = vec![m.routing_key.clone()];
+                keys.extend(extra_keys(&m.headers, "CC"));
+                let route = Self::route(&topo, &dlx, &keys, &m.headers, None, now);
+                route
+                    .queues
+                    .iter()
+                    .filter(|q| !is_cycle(&m.deaths, q))
+                    .filter_map(|q| topo.queues.get(q).cloned())
+                    .collect()
+            };
+            let mut pending = PendingDurability::default();
+            let mut routed = 0;
+            if let Err(e) = self.deliver(&queues, &m, now, &mut pending, &mut routed) {
+                tracing::warn!(vhost = %from.vhost, queue = %from.name, error = %e, "dead-lettering failed; message dropped");
+            }
+        }
+    }
+
+    // ---- listing, timers, shutdown ----
+
+    pub fn list(&self, vhost: &str) -> (Vec<ExchangeSpec>, Vec<QueueInfo>) {
+        let Ok(v) = self.vhost(vhost) else {
+            return (Vec::new(), Vec::new());
+        };
+        let topo = v.read();
+        let mut exchanges: Vec<ExchangeSpec> =
+            topo.exchanges.values().map(|x| x.spec.clone()).collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut queues: Vec<QueueInfo> = topo.queues.values().map(|q| q.inner.info()).collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        (exchanges, queues)
+    }
+
+    /// Every queue, with the vhost and exchange of delayed stores.
+    fn all_queues(&self) -> Vec<QueueAndOwner> {
+        let mut out = Vec::new();
+        for v in read(&self.vhosts).values() {
+            let topo = v.read();
+            for q in topo.queues.values() {
+                out.push((q.inner.clone(), None));
+            }
+            for (name, x) in &topo.exchanges {
+                if let Some(s) = &x.store {
+                    out.push((s.clone(), Some((v.clone(), name.clone()))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts the timer task if a tokio runtime is at hand and it is not
+    /// running yet.
+    pub fn ensure_timers(&self) {
+        if self.timers_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.timers_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.me.clone();
+        let tick = self.config.timer_tick;
+        handle.spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(shared) = me.upgrade() else {
+                    return;
+                };
+                let work = tokio::task::spawn_blocking(move || shared.tick());
+                if let Err(e) = work.await {
+                    tracing::error!(error = %e, "messaging timer panicked");
+                }
+            }
+        });
+    }
+
+    /// One round of background work over every queue. Blocking.
+    pub fn tick(&self) {
+        for (q, store_of) in self.all_queues() {
+            let outcome = q.tick();
+            if let Some((v, exchange)) = store_of {
+                self.release_delayed(&v, &exchange, &q);
+                continue;
+            }
+            if outcome.expired {
+                self.delete_queue_instance(&q.cfg.vhost, &q.cfg.name, &q.cfg.id);
+            }
+        }
+    }
+
+    /// Routes the delayed messages of `exchange` that are due.
+    fn release_delayed(&self, v: &Vhost, exchange: &str, store: &QueueInner) {
+        for _ in 0..DELAYED_RELEASE_PER_TICK_MAX {
+            let Ok(Some(d)) = store.get(false) else {
+                return;
+            };
+            let now = self.now_ms();
+            let m = d.message;
+            let mut keys = vec![m.routing_key.clone()];
+            keys.extend(extra_keys(&m.headers, "CC"));
+            let queues: Vec<Arc<Queue>> = {
+                let topo = v.read();
+                let route = Self::route(&topo, exchange, &keys, &m.headers, Some(exchange), now);
+                route
+                    .queues
+                    .iter()
+                    .filter_map(|q| topo.queues.get(q).cloned())
+                    .collect()
+            };
+            let mut pending = PendingDurability::default();
+            let mut routed = 0;
+            if let Err(e) = self.deliver(&queues, &m, now, &mut pending, &mut routed) {
+                tracing::warn!(vhost = %v.name, exchange, error = %e, "could not route a delayed message");
+            }
+            if let Err(e) = store.ack(d.id) {
+                tracing::warn!(vhost = %v.name, exchange, error = %e, "could not settle a delayed message");
+            }
+        }
+    }
+
+    /// Flushes every queue, for a clean shutdown. Blocking.
+    pub fn shutdown(&self) {
+        for (q, _) in self.all_queues() {
+            q.shutdown();
+        }
+    }
+}
+
+/// Whether dead-lettering into `queue` closes a cycle with no rejection in
+/// it (RabbitMQ then drops the message rather than loop forever).
+fn is_cycle(deaths: &[Death], queue: &str) -> bool {
+    for d in deaths {
+        if d.reason == DeathReason::Rejected {
+            return false;
+        }
+        if d.queue == queue {
+            return true;
+        }
+    }
+    false
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

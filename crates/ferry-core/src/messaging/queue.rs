@@ -1,0 +1,1354 @@
+//! The queue engine: a ferry-log `Log` of messages plus delivery state.
+//!
+//! State, all behind one mutex per queue:
+//! - `cursor`: the next offset of the log not yet examined. Every offset at
+//!   or above it is ready unless settled, in flight, or *indexed* (below).
+//!   A FIFO queue therefore holds nothing in memory per ready message.
+//! - `requeued`: offsets below the cursor that are ready again (rejected
+//!   with requeue), delivered before the cursor's, in offset order.
+//! - indexed messages, the only ones with a per-message entry: a priority
+//!   above 0 in a priority queue (`levels`, one ordered set per priority),
+//!   a delivery time in the future (`delayed`), a per-message TTL
+//!   (`expiries`, a side index). The cursor skips messages whose own fields
+//!   say they are indexed, so nothing marks them in the log's order.
+//! - `in_flight`: delivered, unsettled (consumer, delivery count).
+//! - `settled` above the low-water mark (every offset below it is settled),
+//!   as ranges; `counts`: delivery counts of unsettled messages not in
+//!   flight (delivered before, then requeued).
+//!
+//! Durable queues journal settles and deliveries (`journal.rs`); on open
+//! the cursor restarts at the low-water mark, so every unsettled message is
+//! ready again, flagged redelivered if the journal says it was delivered.
+//! Segments wholly below the low-water mark are deleted by the timer.
+//!
+//! Dead-lettering never happens under the lock: messages to dead-letter are
+//! held in flight (`dead_lettering`), published to the dead-letter exchange
+//! after the lock is released, then settled.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_log::records::{StoredRecord, decode_batch, split_batches};
+use ferry_log::{AppendInfo, Clock, FsyncPolicy, Log, LogConfig};
+use tokio::sync::Notify;
+
+use super::args::{QueueArgs, rs};
+use super::codec::{self, Meta};
+use super::engine::Shared;
+use super::journal::{FLAG_INDEXED, Journal};
+use super::sets::RangeSet;
+use super::{
+    Arguments, ConnectionId, ConsumerSpec, DeathReason, Delivery, Message, MessagingError,
+    QueueInfo,
+};
+
+/// Bytes read ahead of the cursor at once: FIFO delivery costs one read per
+/// this many bytes of messages rather than one per message.
+const READAHEAD_BYTES: usize = 64 * 1024;
+/// Messages expired per queue per timer tick, so one huge expiry cannot
+/// hold the queue's lock for long.
+const EXPIRE_PER_TICK_MAX: usize = 10_000;
+/// A consumer of higher priority that just took a message is presumed to
+/// want the next one for this long (it is on its way back to `next()`), so
+/// lower-priority consumers do not get messages in that gap. After it, a
+/// consumer that has not come back is taken to be out of prefetch room.
+const CONSUMER_PRIORITY_GRACE: Duration = Duration::from_millis(5);
+/// The active segment of a drained queue is rolled (so that it can be
+/// deleted) only once it holds at least this much.
+const DRAINED_SEGMENT_ROLL_BYTES_MIN: u64 = 1024 * 1024;
+/// Bytes a queue's message may take in its log.
+pub(crate) const QUEUE_MESSAGE_BYTES_MAX: u32 = 128 * 1024 * 1024;
+
+/// Everything fixed about a queue.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueConfig {
+    pub name: String,
+    pub vhost: String,
+    /// The directory name under `queues/` (generated, never a client string).
+    pub id: String,
+    pub dir: PathBuf,
+    /// As declared (for equivalence checks).
+    pub durable: bool,
+    /// Kept across restarts: durable and not exclusive (an exclusive queue
+    /// goes with its connection), or a durable delayed exchange's store.
+    pub persist: bool,
+    pub auto_delete: bool,
+    pub exclusive_owner: Option<ConnectionId>,
+    pub arguments: Arguments,
+    pub args: QueueArgs,
+    /// A delayed exchange's store: not in any vhost's queue map.
+    pub internal: bool,
+    /// The fsync policy of durable queues (the broker's `fsync.policy`).
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    count: u32,
+    bytes: u64,
+    /// Expiry by per-message TTL, re-indexed if the message is requeued.
+    expires_at: Option<i64>,
+    priority: u8,
+    /// Held while being published to the dead-letter exchange.
+    dead_lettering: bool,
+}
+
+#[derive(Debug)]
+struct ConsumerEntry {
+    key: u64,
+    tag: String,
+    priority: i32,
+    no_ack: bool,
+    exclusive: bool,
+    notify: Arc<Notify>,
+    /// Inside `next()`, able to take a message.
+    waiting: bool,
+    /// `serve_seq` when it last got a message: round-robin picks the least
+    /// recently served.
+    last_served: u64,
+    transit_until: Option<Instant>,
+}
+
+/// A message taken out of the ready structures.
+struct Loaded {
+    offset: u64,
+    message: Message,
+    meta: Meta,
+    enqueued_ms: i64,
+    bytes: u64,
+}
+
+/// A message on its way to a dead-letter exchange.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    pub offset: u64,
+    pub message: Message,
+    pub reason: DeathReason,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    journal: Option<Journal>,
+    flags: u64,
+    low_water: u64,
+    cursor: u64,
+    log_end: u64,
+    settled: RangeSet,
+    requeued: BTreeSet<u64>,
+    /// Index = priority; level 0 is the cursor and `requeued`.
+    levels: Vec<BTreeSet<u64>>,
+    delayed: BTreeSet<(i64, u64)>,
+    expiries: BTreeSet<(i64, u64)>,
+    in_flight: HashMap<u64, InFlight>,
+    in_flight_bytes: u64,
+    counts: HashMap<u64, u32>,
+    unsettled: u64,
+    unsettled_bytes: u64,
+    readahead: VecDeque<(u64, u64, Bytes)>,
+    consumers: Vec<ConsumerEntry>,
+    next_key: u64,
+    serve_seq: u64,
+    had_consumer: bool,
+    last_used_ms: i64,
+    closed: bool,
+    reclaimed_to: u64,
+}
+
+impl State {
+    fn ready(&self) -> u64 {
+        self.unsettled
+            .saturating_sub(self.in_flight.len() as u64)
+            .saturating_sub(self.delayed.len() as u64)
+    }
+
+    fn ready_bytes(&self) -> u64 {
+        self.unsettled_bytes.saturating_sub(self.in_flight_bytes)
+    }
+
+    fn consumer_mut(&mut self, key: u64) -> Option<&mut ConsumerEntry> {
+        self.consumers.iter_mut().find(|c| c.key == key)
+    }
+}
+
+/// What `pick` decided.
+enum Pick {
+    Consumer(u64),
+    /// A higher-priority consumer is presumed on its way back until then.
+    Blocked(Instant),
+    Nobody,
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueInner {
+    pub cfg: QueueConfig,
+    pub log: Arc<Log>,
+    state: Mutex<State>,
+    shared: Weak<Shared>,
+    clock: Arc<dyn Clock>,
+    /// Persistent messages wait for an fsync before their confirm.
+    sync_persistent: bool,
+    /// Bumped by every append, for the timer's flushes.
+    appends: AtomicU64,
+}
+
+/// How an append went.
+#[derive(Debug)]
+pub(crate) enum Appended {
+    /// Stored; `Some` if a publisher confirm must wait for an fsync.
+    Stored(Option<AppendInfo>),
+    /// Refused by `x-overflow` reject-publish(-dlx); `dead_letter` says
+    /// whether to dead-letter the refused message.
+    Refused { dead_letter: bool },
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+/// What the timer found.
+#[derive(Debug, Default)]
+pub(crate) struct TickOutcome {
+    /// Unused for longer than `x-expires`: delete it.
+    pub expired: bool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn storage(e: impl std::fmt::Display) -> MessagingError {
+    MessagingError::Storage(e.to_string())
+}
+
+fn lossy_expiration(ttl_ms: Option<u64>) -> Option<String> {
+    ttl_ms.map(|t| t.to_string())
+}
+
+impl QueueInner {
+    /// Opens (creating, or recovering) a queue's log and state.
+    pub fn open(
+        cfg: QueueConfig,
+        shared: Weak<Shared>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<QueueInner>, MessagingError> {
+        let fsync = if cfg.persist {
+            match cfg.fsync {
+                // Visible when written; persistent messages are synced on
+                // demand (group commit) before their confirm.
+                FsyncPolicy::Always => FsyncPolicy::Never,
+                other => other,
+            }
+        } else {
+            FsyncPolicy::Never
+        };
+        let log_config = LogConfig {
+            segment_bytes: cfg.segment_bytes.max(1024),
+            segment_ms: i64::MAX / 4,
+            retention_ms: None,
+            retention_bytes: None,
+            max_batch_bytes: QUEUE_MESSAGE_BYTES_MAX,
+            index_interval_bytes: 4096,
+            fsync,
+        };
+        let log = Log::open(&cfg.dir.join("log"), log_config, clock.clone()).map_err(storage)?;
+        let log_start = u64::try_from(log.log_start_offset()).unwrap_or(0);
+        let log_end = u64::try_from(log.log_end_offset()).unwrap_or(0);
+        let (journal, mut js) = if cfg.persist {
+            let (j, s) = Journal::open(&cfg.dir).map_err(storage)?;
+            (Some(j), s)
+        } else {
+            (None, Default::default())
+        };
+        // Entries past the log's end describe appends a crash took back; their
+        // offsets will be reused by new messages.
+        js.settled.remove_below(log_start);
+        let mut settled = RangeSet::default();
+        for (s, e) in js.settled.ranges() {
+            settled.insert_range(s.max(log_start), e.min(log_end));
+        }
+        js.delivered.retain(|o, _| *o >= log_start && *o < log_end);
+        let low_water = settled.first_absent_from(log_start).min(log_end);
+        settled.remove_below(low_water);
+        let unsettled = (log_end - low_water) - settled.count_in(low_water, log_end);
+        let levels = match cfg.args.max_priority {
+            Some(p) => (0..=usize::from(p)).map(|_| BTreeSet::new()).collect(),
+            None => Vec::new(),
+        };
+        let now_ms = clock.now_ms();
+        let inner = Arc::new(QueueInner {
+            sync_persistent: cfg.persist && cfg.fsync == FsyncPolicy::Always,
+            cfg,
+            log: Arc::new(log),
+            state: Mutex::new(State {
+                journal,
+                flags: js.flags,
+                low_water,
+                cursor: low_water,
+                log_end,
+                settled,
+                requeued: BTreeSet::new(),
+                levels,
+                delayed: BTreeSet::new(),
+                expiries: BTreeSet::new(),
+                in_flight: HashMap::new(),
+                in_flight_bytes: 0,
+                counts: js.delivered,
+                unsettled,
+                unsettled_bytes: 0,
+                readahead: VecDeque::new(),
+                consumers: Vec::new(),
+                next_key: 1,
+                serve_seq: 0,
+                had_consumer: false,
+                last_used_ms: now_ms,
+                closed: false,
+                reclaimed_to: log_start,
+            }),
+            shared,
+            clock,
+            appends: AtomicU64::new(0),
+        });
+        {
+            let mut st = lock(&inner.state);
+            if unsettled > 0 && inner.needs_scan(&st) {
+                inner.rebuild_indexes(&mut st)?;
+            }
+            // Start from a compact journal describing the recovered state.
+            let State {
+                journal,
+                settled,
+                counts,
+                low_water,
+                flags,
+                ..
+            } = &mut *st;
+            if let Some(j) = journal {
+                let below = std::iter::once((0, *low_water));
+                j.rewrite(
+                    below.chain(settled.ranges()),
+                    counts.iter().map(|(o, c)| (*o, *c)),
+                    *flags,
+                )
+                .map_err(storage)?;
+            }
+            if unsettled > 0 {
+                tracing::info!(
+                    queue = %inner.cfg.name,
+                    vhost = %inner.cfg.vhost,
+                    messages = unsettled,
+                    low_water,
+                    log_end,
+                    "recovered queue"
+                );
+            }
+        }
+        Ok(inner)
+    }
+
+    fn needs_scan(&self, st: &State) -> bool {
+        st.flags & FLAG_INDEXED != 0
+            || self.cfg.args.max_priority.is_some()
+            || self.cfg.args.max_length_bytes.is_some()
+    }
+
+    /// Walks the unsettled part of the log to rebuild the per-message
+    /// indexes and the byte count. Only queues that may hold indexed
+    /// messages (or count bytes) pay for it.
+    fn rebuild_indexes(&self, st: &mut State) -> Result<(), MessagingError> {
+        let now = self.clock.now_ms();
+        let mut offset = st.low_water;
+        let mut bytes = 0u64;
+        while offset < st.log_end {
+            let read = self
+                .log
+                .read(offset as i64, 1024 * 1024, true)
+                .map_err(storage)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for (_, last, batch) in split_batches(read.records).map_err(storage)? {
+                for rec in decode_batch(batch).map_err(storage)? {
+                    let Ok(o) = u64::try_from(rec.offset) else {
+                        continue;
+                    };
+                    if o < offset || st.settled.contains(o) {
+                        continue;
+                    }
+                    let meta = codec::decode_meta(&rec);
+                    bytes += rec.value.as_ref().map_or(0, |v| v.len() as u64);
+                    self.index_new(st, o, &meta, rec.timestamp, now);
+                }
+                offset = offset.max(u64::try_from(last).unwrap_or(0) + 1);
+            }
+        }
+        st.unsettled_bytes = bytes;
+        Ok(())
+    }
+
+    fn effective_priority(&self, meta: &Meta) -> u8 {
+        match self.cfg.args.max_priority {
+            Some(max) => meta.priority.min(max),
+            None => 0,
+        }
+    }
+
+    /// Whether the cursor leaves this message to an index.
+    fn is_indexed(&self, meta: &Meta) -> bool {
+        self.effective_priority(meta) > 0 || meta.deliver_at_ms.is_some()
+    }
+
+    fn expiry_of(&self, meta: &Meta, enqueued_ms: i64) -> Option<i64> {
+        let ttl = match (self.cfg.args.message_ttl_ms, meta.ttl_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => return None,
+        };
+        Some(enqueued_ms.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+    }
+
+    /// Puts a new (or recovered) ready message into the index its fields ask
+    /// for, if any.
+    fn index_new(&self, st: &mut State, offset: u64, meta: &Meta, enqueued_ms: i64, now: i64) {
+        if meta.ttl_ms.is_some()
+            && let Some(at) = self.expiry_of(meta, enqueued_ms)
+        {
+            st.expiries.insert((at, offset));
+        }
+        if let Some(at) = meta.deliver_at_ms {
+            if at > now {
+                st.delayed.insert((at, offset));
+                return;
+            }
+            self.make_ready(st, offset, self.effective_priority(meta));
+            return;
+        }
+        let p = self.effective_priority(meta);
+        if p > 0 {
+            st.levels[usize::from(p)].insert(offset);
+        }
+    }
+
+    /// Returns an offset below the cursor (or an indexed one) to the ready
+    /// structures.
+    fn make_ready(&self, st: &mut State, offset: u64, priority: u8) {
+        if priority > 0 && usize::from(priority) < st.levels.len() {
+            st.levels[usize::from(priority)].insert(offset);
+        } else {
+            st.requeued.insert(offset);
+        }
+    }
+
+    fn load(&self, st: &mut State, offset: u64) -> Result<StoredRecord, MessagingError> {
+        let batch = match st
+            .readahead
+            .iter()
+            .find(|(first, last, _)| *first <= offset && offset <= *last)
+        {
+            Some((_, _, b)) => b.clone(),
+            None => {
+                let read = self.log.read(offset as i64, 1, true).map_err(storage)?;
+                let batches = split_batches(read.records).map_err(storage)?;
+                let Some((_, _, b)) = batches.into_iter().next() else {
+                    return Err(MessagingError::Storage(format!(
+                        "message {offset} of queue '{}' is not in its log",
+                        self.cfg.name
+                    )));
+                };
+                b
+            }
+        };
+        decode_batch(batch)
+            .map_err(storage)?
+            .into_iter()
+            .find(|r| r.offset == offset as i64)
+            .ok_or_else(|| {
+                MessagingError::Storage(format!(
+                    "message {offset} of queue '{}' is missing from its batch",
+                    self.cfg.name
+                ))
+            })
+    }
+
+    fn fill_readahead(&self, st: &mut State) -> Result<(), MessagingError> {
+        let cursor = st.cursor;
+        while st
+            .readahead
+            .front()
+            .is_some_and(|(_, last, _)| *last < cursor)
+        {
+            st.readahead.pop_front();
+        }
+        if st
+            .readahead
+            .front()
+            .is_some_and(|(first, _, _)| *first <= cursor)
+        {
+            return Ok(());
+        }
+        st.readahead.clear();
+        let read = self
+            .log
+            .read(cursor as i64, READAHEAD_BYTES, true)
+            .map_err(storage)?;
+        for (first, last, b) in split_batches(read.records).map_err(storage)? {
+            st.readahead.push_back((
+                u64::try_from(first).unwrap_or(0),
+                u64::try_from(last).unwrap_or(0),
+                b,
+            ));
+        }
+        Ok(())
+    }
+
+    fn loaded(&self, offset: u64, rec: &StoredRecord) -> Loaded {
+        let (message, meta) = codec::decode_message(rec);
+        Loaded {
+            offset,
+            bytes: message.body.len() as u64,
+            message,
+            meta,
+            enqueued_ms: rec.timestamp,
+        }
+    }
+
+    /// Moves the cursor over settled, in-flight and indexed offsets to the
+    /// next FIFO message, and loads it (the cursor stays on it).
+    fn peek_cursor(&self, st: &mut State) -> Option<Loaded> {
+        loop {
+            let c = st.cursor;
+            if c >= st.log_end {
+                return None;
+            }
+            if c < st.low_water {
+                st.cursor = st.low_water;
+                continue;
+            }
+            if st.settled.contains(c) {
+                st.cursor = st.settled.first_absent_from(c);
+                continue;
+            }
+            if st.in_flight.contains_key(&c) {
+                st.cursor += 1;
+                continue;
+            }
+            let rec = match self.fill_readahead(st).and_then(|()| self.load(st, c)) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    // Undeliverable bytes must not wedge the queue.
+                    tracing::error!(queue = %self.cfg.name, offset = c, error = %e, "dropping an unreadable message");
+                    self.settle(st, c, 0);
+                    st.cursor += 1;
+                    continue;
+                }
+            };
+            let l = self.loaded(c, &rec);
+            if self.is_indexed(&l.meta) {
+                st.cursor += 1;
+                continue;
+            }
+            return Some(l);
+        }
+    }
+
+    fn load_or_drop(&self, st: &mut State, offset: u64) -> Option<Loaded> {
+        match self.load(st, offset) {
+            Ok(rec) => Some(self.loaded(offset, &rec)),
+            Err(e) => {
+                tracing::error!(queue = %self.cfg.name, offset, error = %e, "dropping an unreadable message");
+                self.settle(st, offset, 0);
+                None
+            }
+        }
+    }
+
+    /// Takes the next message to deliver out of the ready structures:
+    /// highest priority first, then requeued ones, then the cursor's.
+    fn pop_ready(&self, st: &mut State) -> Option<Loaded> {
+        loop {
+            let mut popped = None;
+            for p in (1..st.levels.len()).rev() {
+                if let Some(o) = st.levels[p].pop_first() {
+                    popped = Some(o);
+                    break;
+                }
+            }
+            if popped.is_none() {
+                popped = st.requeued.pop_first();
+            }
+            if let Some(o) = popped {
+                match self.load_or_drop(st, o) {
+                    Some(l) => return Some(l),
+                    None => continue,
+                }
+            }
+            let l = self.peek_cursor(st)?;
+            st.cursor = l.offset + 1;
+            return Some(l);
+        }
+    }
+
+    fn settle(&self, st: &mut State, offset: u64, bytes: u64) {
+        if offset < st.low_water || !st.settled.insert(offset) {
+            return;
+        }
+        st.unsettled = st.unsettled.saturating_sub(1);
+        st.unsettled_bytes = st.unsettled_bytes.saturating_sub(bytes);
+        st.counts.remove(&offset);
+        if let Some(j) = st.journal.as_mut() {
+            j.settled(offset);
+        }
+        if offset == st.low_water {
+            st.low_water = st.settled.first_absent_from(offset);
+            st.settled.remove_below(st.low_water);
+        }
+    }
+
+    /// Drops a message that left the ready structures, or holds it for the
+    /// dead-letter exchange if the queue has one.
+    fn discard(
+        &self,
+        st: &mut State,
+        l: Loaded,
+        reason: DeathReason,
+        outbox: &mut Vec<DeadLetter>,
+    ) {
+        if self.cfg.args.dead_letter_exchange.is_some() {
+            st.in_flight.insert(
+                l.offset,
+                InFlight {
+                    count: 0,
+                    bytes: l.bytes,
+                    expires_at: None,
+                    priority: 0,
+                    dead_lettering: true,
+                },
+            );
+            st.in_flight_bytes += l.bytes;
+            st.counts.remove(&l.offset);
+            outbox.push(DeadLetter {
+                offset: l.offset,
+                message: l.message,
+                reason,
+            });
+        } else {
+            self.settle(st, l.offset, l.bytes);
+        }
+    }
+
+    fn is_expired(&self, l: &Loaded, now: i64) -> bool {
+        self.expiry_of(&l.meta, l.enqueued_ms)
+            .is_some_and(|at| now > at)
+    }
+
+    /// The next deliverable message, expiring what has expired on the way.
+    fn take(&self, st: &mut State, no_ack: bool, outbox: &mut Vec<DeadLetter>) -> Option<Delivery> {
+        let now = self.clock.now_ms();
+        loop {
+            let l = self.pop_ready(st)?;
+            if self.is_expired(&l, now) {
+                self.discard(st, l, DeathReason::Expired, outbox);
+                continue;
+            }
+            let count = st.counts.remove(&l.offset).unwrap_or(0).saturating_add(1);
+            if no_ack {
+                self.settle(st, l.offset, l.bytes);
+            } else {
+                let expires_at = if l.meta.ttl_ms.is_some() {
+                    self.expiry_of(&l.meta, l.enqueued_ms)
+                } else {
+                    None
+                };
+                st.in_flight.insert(
+                    l.offset,
+                    InFlight {
+                        count,
+                        bytes: l.bytes,
+                        expires_at,
+                        priority: self.effective_priority(&l.meta),
+                        dead_lettering: false,
+                    },
+                );
+                st.in_flight_bytes += l.bytes;
+                if let Some(j) = st.journal.as_mut() {
+                    j.delivered(l.offset, count);
+                }
+            }
+            return Some(Delivery {
+                id: l.offset,
+                message: l.message,
+                redelivered: count > 1,
+                delivery_count: count,
+                remaining: st.ready(),
+            });
+        }
+    }
+
+    /// Writes what the operation journaled; a failed write is logged (the
+    /// state in memory is right, and the next compaction rewrites it).
+    fn commit(&self, st: &mut State) {
+        if let Some(j) = st.journal.as_mut()
+            && let Err(e) = j.write_pending()
+        {
+            tracing::error!(queue = %self.cfg.name, path = %j.path().display(), error = %e, "could not write the queue's state journal");
+        }
+    }
+
+    fn pick(&self, st: &State, now: Instant) -> Pick {
+        let sac_active = if self.cfg.args.single_active_consumer {
+            // The active consumer: highest priority, then first registered.
+            st.consumers
+                .iter()
+                .min_by_key(|c| (std::cmp::Reverse(c.priority), c.key))
+                .map(|c| c.key)
+        } else {
+            None
+        };
+        let eligible = st.consumers.iter().filter(|c| {
+            sac_active.is_none_or(|k| k == c.key)
+                && (c.waiting || c.transit_until.is_some_and(|t| t > now))
+        });
+        let Some(top) = eligible.clone().map(|c| c.priority).max() else {
+            return Pick::Nobody;
+        };
+        if let Some(c) = eligible
+            .clone()
+            .filter(|c| c.priority == top && c.waiting)
+            .min_by_key(|c| (c.last_served, c.key))
+        {
+            return Pick::Consumer(c.key);
+        }
+        match eligible
+            .filter(|c| c.priority == top)
+            .filter_map(|c| c.transit_until)
+            .min()
+        {
+            Some(t) => Pick::Blocked(t),
+            None => Pick::Nobody,
+        }
+    }
+
+    /// Wakes the consumer that should take the next ready message.
+    fn notify_next(&self, st: &State) {
+        if st.ready() == 0 {
+            return;
+        }
+        if let Pick::Consumer(k) = self.pick(st, Instant::now())
+            && let Some(c) = st.consumers.iter().find(|c| c.key == k)
+        {
+            c.notify.notify_one();
+        }
+    }
+
+    pub fn append(
+        &self,
+        batch: &[u8],
+        meta: &Meta,
+        body_bytes: u64,
+        outbox: &mut Vec<DeadLetter>,
+    ) -> Result<Appended, MessagingError> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Ok(Appended::Gone);
+        }
+        let args = &self.cfg.args;
+        let overflow = args.overflow();
+        if overflow != super::Overflow::DropHead {
+            let full = args.max_length.is_some_and(|m| st.ready() >= m)
+                || args
+                    .max_length_bytes
+                    .is_some_and(|m| st.ready_bytes() + body_bytes > m);
+            if full {
+                return Ok(Appended::Refused {
+                    dead_letter: overflow == super::Overflow::RejectPublishDlx
+                        && args.dead_letter_exchange.is_some(),
+                });
+            }
+        }
+        let info = self.log.append(batch).map_err(storage)?;
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        let offset = u64::try_from(info.base_offset).unwrap_or(0);
+        debug_assert_eq!(offset, st.log_end, "queue offsets are contiguous");
+        st.log_end = u64::try_from(info.last_offset).unwrap_or(offset) + 1;
+        st.unsettled += 1;
+        st.unsettled_bytes += body_bytes;
+        let now = self.clock.now_ms();
+        if (meta.ttl_ms.is_some() || self.is_indexed(meta)) && st.flags & FLAG_INDEXED == 0 {
+            st.flags |= FLAG_INDEXED;
+            let flags = st.flags;
+            if let Some(j) = st.journal.as_mut() {
+                j.flags(flags);
+            }
+        }
+        self.index_new(&mut st, offset, meta, now, now);
+        if overflow == super::Overflow::DropHead {
+            while args.max_length.is_some_and(|m| st.ready() > m)
+                || args.max_length_bytes.is_some_and(|m| st.ready_bytes() > m)
+            {
+                let Some(l) = self.pop_ready(&mut st) else {
+                    break;
+                };
+                self.discard(&mut st, l, DeathReason::Maxlen, outbox);
+            }
+        }
+        self.commit(&mut st);
+        self.notify_next(&st);
+        let wait = (self.sync_persistent && meta.persistent).then_some(info);
+        Ok(Appended::Stored(wait))
+    }
+
+    /// Settles dead-lettered messages once they have been republished.
+    pub fn finish(&self, outbox: Vec<DeadLetter>) {
+        if outbox.is_empty() {
+            return;
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            shared.dead_letter(&self.cfg, &outbox);
+        }
+        let mut st = lock(&self.state);
+        for d in &outbox {
+            if let Some(f) = st.in_flight.remove(&d.offset) {
+                st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
+                self.settle(&mut st, d.offset, f.bytes);
+            }
+        }
+        self.commit(&mut st);
+    }
+
+    pub fn info(&self) -> QueueInfo {
+        let st = lock(&self.state);
+        QueueInfo {
+            name: self.cfg.name.clone(),
+            message_count: st.ready(),
+            consumer_count: st.consumers.len() as u32,
+        }
+    }
+
+    /// Messages held (ready, delayed or unacknowledged).
+    pub fn unsettled(&self) -> u64 {
+        lock(&self.state).unsettled
+    }
+
+    pub fn touch(&self) {
+        lock(&self.state).last_used_ms = self.clock.now_ms();
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        lock(&self.state).consumers.len()
+    }
+
+    pub fn get(&self, no_ack: bool) -> Result<Option<Delivery>, MessagingError> {
+        let mut outbox = Vec::new();
+        let d = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(self.gone());
+            }
+            st.last_used_ms = self.clock.now_ms();
+            let d = self.take(&mut st, no_ack, &mut outbox);
+            self.commit(&mut st);
+            d
+        };
+        self.finish(outbox);
+        Ok(d)
+    }
+
+    fn gone(&self) -> MessagingError {
+        MessagingError::NotFound {
+            kind: "queue",
+            name: self.cfg.name.clone(),
+            vhost: self.cfg.vhost.clone(),
+        }
+    }
+
+    fn unknown_tag(id: u64) -> MessagingError {
+        MessagingError::PreconditionFailed(format!("unknown delivery tag {id}"))
+    }
+
+    pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
+        let mut st = lock(&self.state);
+        match st.in_flight.get(&id) {
+            Some(f) if !f.dead_lettering => {}
+            _ => return Err(Self::unknown_tag(id)),
+        }
+        if let Some(f) = st.in_flight.remove(&id) {
+            st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
+            self.settle(&mut st, id, f.bytes);
+        }
+        self.commit(&mut st);
+        Ok(())
+    }
+
+    pub fn reject(&self, id: u64, requeue: bool) -> Result<(), MessagingError> {
+        let mut outbox = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let f = match st.in_flight.get(&id) {
+                Some(f) if !f.dead_lettering => *f,
+                _ => return Err(Self::unknown_tag(id)),
+            };
+            st.in_flight.remove(&id);
+            st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
+            let over_limit = self
+                .cfg
+                .args
+                .delivery_limit
+                .is_some_and(|limit| u64::from(f.count) > limit);
+            if requeue && !over_limit && !st.closed {
+                st.counts.insert(id, f.count);
+                self.make_ready(&mut st, id, f.priority);
+                if let Some(at) = f.expires_at {
+                    st.expiries.insert((at, id));
+                }
+                self.notify_next(&st);
+            } else {
+                let reason = if requeue {
+                    DeathReason::DeliveryLimit
+                } else {
+                    DeathReason::Rejected
+                };
+                if self.cfg.args.dead_letter_exchange.is_some() {
+                    if let Some(l) = self.load_or_drop(&mut st, id) {
+                        self.discard(&mut st, l, reason, &mut outbox);
+                    }
+                } else {
+                    self.settle(&mut st, id, f.bytes);
+                }
+            }
+            self.commit(&mut st);
+        }
+        self.finish(outbox);
+        Ok(())
+    }
+
+    pub fn purge(&self) -> Result<u64, MessagingError> {
+        let mut st = lock(&self.state);
+        let purged = st.ready() + st.delayed.len() as u64;
+        // Everything not in flight goes: the cursor's region in runs between
+        // in-flight offsets, then the indexes.
+        let mut holes: Vec<u64> = st
+            .in_flight
+            .keys()
+            .copied()
+            .filter(|o| *o >= st.cursor)
+            .collect();
+        holes.sort_unstable();
+        let mut from = st.cursor.max(st.low_water);
+        let end = st.log_end;
+        let mut runs = Vec::new();
+        for h in holes.into_iter().chain(std::iter::once(end)) {
+            if h > from {
+                runs.push((from, h));
+            }
+            from = from.max(h + 1);
+        }
+        let mut singles: Vec<u64> = std::mem::take(&mut st.requeued).into_iter().collect();
+        for level in st.levels.iter_mut() {
+            singles.extend(std::mem::take(level));
+        }
+        singles.extend(std::mem::take(&mut st.delayed).into_iter().map(|(_, o)| o));
+        st.expiries.clear();
+        st.counts.clear();
+        st.readahead.clear();
+        let State {
+            settled, journal, ..
+        } = &mut *st;
+        for (a, b) in runs {
+            settled.insert_range(a, b);
+            if let Some(j) = journal.as_mut() {
+                j.settled_range(a, b);
+            }
+        }
+        for o in singles {
+            settled.insert(o);
+            if let Some(j) = journal.as_mut() {
+                j.settled(o);
+            }
+        }
+        st.cursor = st.log_end;
+        st.unsettled = st.in_flight.len() as u64;
+        st.unsettled_bytes = st.in_flight_bytes;
+        st.low_water = st.settled.first_absent_from(st.low_water);
+        let lw = st.low_water;
+        st.settled.remove_below(lw);
+        self.commit(&mut st);
+        Ok(purged)
+    }
+
+    /// Marks the queue deleted: consumers end, appends are refused.
+    /// Returns the messages it held.
+    pub fn close_for_delete(&self) -> u64 {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        for c in &st.consumers {
+            c.notify.notify_one();
+        }
+        st.ready()
+    }
+
+    /// Flushes the journal and the log, for a clean shutdown. Blocking.
+    pub fn shutdown(&self) {
+        let mut st = lock(&self.state);
+        if let Some(j) = st.journal.as_mut()
+            && let Err(e) = j.sync()
+        {
+            tracing::warn!(queue = %self.cfg.name, error = %e, "could not sync the queue's journal");
+        }
+        if let Err(e) = self.log.close() {
+            tracing::warn!(queue = %self.cfg.name, error = %e, "could not close the queue's log cleanly");
+        }
+    }
+
+    pub fn shared(&self) -> Weak<Shared> {
+        self.shared.clone()
+    }
+
+    /// Whether the queue is in the catalog and keeps its messages across
+    /// restarts.
+    pub fn journaled(&self) -> bool {
+        self.cfg.persist
+    }
+
+    /// Background work: delayed messages that came due, expiry, journal and
+    /// log fsyncs, reclaiming settled segments, journal compaction and the
+    /// `x-expires` check. Blocking (it may fsync).
+    pub fn tick(&self) -> TickOutcome {
+        let now = self.clock.now_ms();
+        let mut outbox = Vec::new();
+        let mut outcome = TickOutcome::default();
+        let (reclaim_to, sync_log) = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return outcome;
+            }
+            // Delayed messages whose time has come.
+            let mut woke = false;
+            while let Some(&(at, o)) = st.delayed.first() {
+                if at > now {
+                    break;
+                }
+                st.delayed.pop_first();
+                let p = match self.load(&mut st, o) {
+                    Ok(rec) => self.effective_priority(&codec::decode_meta(&rec)),
+                    Err(_) => 0,
+                };
+                self.make_ready(&mut st, o, p);
+                woke = true;
+            }
+            self.expire_due(&mut st, now, &mut outbox);
+            if woke {
+                self.notify_next(&st);
+            }
+            if let Some(expires) = self.cfg.args.expires_ms
+                && st.consumers.is_empty()
+                && now.saturating_sub(st.last_used_ms) >= i64::try_from(expires).unwrap_or(i64::MAX)
+            {
+                outcome.expired = true;
+            }
+            self.compact_if_needed(&mut st);
+            if let Some(j) = st.journal.as_mut()
+                && let Err(e) = j.sync()
+            {
+                tracing::warn!(queue = %self.cfg.name, error = %e, "could not sync the queue's journal");
+            }
+            let reclaim = (st.low_water > st.reclaimed_to).then_some(st.low_water);
+            (reclaim, self.cfg.persist)
+        };
+        self.finish(outbox);
+        if sync_log {
+            let result = match self.cfg.fsync {
+                FsyncPolicy::Always if !self.log.is_synced() => self.log.flush(),
+                FsyncPolicy::Interval { .. } => self.log.flush_if_due().map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(queue = %self.cfg.name, error = %e, "could not fsync the queue's log");
+            }
+        }
+        if let Some(to) = reclaim_to {
+            match self.log.delete_segments_before(
+                to as i64,
+                DRAINED_SEGMENT_ROLL_BYTES_MIN.min(self.cfg.segment_bytes / 2),
+            ) {
+                Ok(_) => lock(&self.state).reclaimed_to = to,
+                Err(e) => {
+                    tracing::warn!(queue = %self.cfg.name, error = %e, "could not delete settled segments")
+                }
+            }
+        }
+        outcome
+    }
+
+    fn compact_if_needed(&self, st: &mut State) {
+        let records = 1 + st.settled.range_count() + st.counts.len() + st.in_flight.len();
+        let State {
+            journal,
+            settled,
+            counts,
+            in_flight,
+            low_water,
+            flags,
+            ..
+        } = st;
+        let Some(j) = journal.as_mut() else {
+            return;
+        };
+        if !j.wants_compaction(records) {
+            return;
+        }
+        let delivered = counts.iter().map(|(o, c)| (*o, *c)).chain(
+            in_flight
+                .iter()
+                .filter(|(_, f)| !f.dead_lettering)
+                .map(|(o, f)| (*o, f.count)),
+        );
+        if let Err(e) = j.rewrite(
+            std::iter::once((0, *low_water)).chain(settled.ranges()),
+            delivered,
+            *flags,
+        ) {
+            tracing::warn!(queue = %self.cfg.name, error = %e, "could not compact the queue's state journal");
+        }
+    }
+
+    /// Expires messages whose TTL has passed, wherever they are: those with
+    /// a per-message TTL through the expiry index, the rest (queue TTL,
+    /// oldest first in each ready structure) from the heads.
+    fn expire_due(&self, st: &mut State, now: i64, outbox: &mut Vec<DeadLetter>) {
+        let mut budget = EXPIRE_PER_TICK_MAX;
+        while budget > 0 {
+            let Some(&(at, o)) = st.expiries.first() else {
+                break;
+            };
+            if at >= now {
+                break;
+            }
+            st.expiries.pop_first();
+            if o < st.low_water || st.settled.contains(o) || st.in_flight.contains_key(&o) {
+                continue;
+            }
+            if st.delayed.iter().any(|(_, d)| *d == o) {
+                // Expired while delayed: it goes when it comes due.
+                continue;
+            }
+            let Some(l) = self.load_or_drop(st, o) else {
+                continue;
+            };
+            let removed = st.requeued.remove(&o)
+                || st
+                    .levels
+                    .get_mut(usize::from(self.effective_priority(&l.meta)))
+                    .is_some_and(|s| s.remove(&o));
+            if !removed && o < st.cursor {
+                // Neither ready nor ahead of the cursor: already gone.
+                continue;
+            }
+            self.discard(st, l, DeathReason::Expired, outbox);
+            budget -= 1;
+        }
+        if self.cfg.args.message_ttl_ms.is_none() {
+            return;
+        }
+        // Queue TTL: each ready structure is in enqueue order, so only its
+        // head can be the oldest.
+        while budget > 0 {
+            let head = st.requeued.first().copied();
+            let Some(o) = head else { break };
+            let Some(l) = self.load_or_drop(st, o) else {
+                st.requeued.remove(&o);
+                continue;
+            };
+            if !self.is_expired(&l, now) {
+                break;
+            }
+            st.requeued.remove(&o);
+            self.discard(st, l, DeathReason::Expired, outbox);
+            budget -= 1;
+        }
+        for p in 1..st.levels.len() {
+            while budget > 0 {
+                let Some(o) = st.levels[p].first().copied() else {
+                    break;
+                };
+                let Some(l) = self.load_or_drop(st, o) else {
+                    st.levels[p].remove(&o);
+                    continue;
+                };
+                if !self.is_expired(&l, now) {
+                    break;
+                }
+                st.levels[p].remove(&o);
+                self.discard(st, l, DeathReason::Expired, outbox);
+                budget -= 1;
+            }
+        }
+        while budget > 0 {
+            let Some(l) = self.peek_cursor(st) else {
+                break;
+            };
+            if !self.is_expired(&l, now) {
+                break;
+            }
+            st.cursor = l.offset + 1;
+            self.discard(st, l, DeathReason::Expired, outbox);
+            budget -= 1;
+        }
+        self.commit(st);
+    }
+
+    // ---- consumers ----
+
+    pub fn consume(&self, spec: &ConsumerSpec) -> Result<(u64, Arc<Notify>), MessagingError> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(self.gone());
+        }
+        if st.consumers.iter().any(|c| c.tag == spec.tag) {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "consumer tag '{}' is already in use on {}",
+                spec.tag,
+                rs("queue", &self.cfg.name, &self.cfg.vhost)
+            )));
+        }
+        if st.consumers.iter().any(|c| c.exclusive) || (spec.exclusive && !st.consumers.is_empty())
+        {
+            // RabbitMQ answers 403 ACCESS_REFUSED here (`rabbit_channel`).
+            return Err(MessagingError::AccessRefused(format!(
+                "{} in exclusive use",
+                rs("queue", &self.cfg.name, &self.cfg.vhost)
+            )));
+        }
+        let key = st.next_key;
+        st.next_key += 1;
+        let notify = Arc::new(Notify::new());
+        st.consumers.push(ConsumerEntry {
+            key,
+            tag: spec.tag.clone(),
+            priority: spec.priority,
+            no_ack: spec.no_ack,
+            exclusive: spec.exclusive,
+            notify: notify.clone(),
+            waiting: false,
+            last_served: 0,
+            // A new consumer is on its way to `next()`.
+            transit_until: Some(Instant::now() + CONSUMER_PRIORITY_GRACE),
+        });
+        st.had_consumer = true;
+        st.last_used_ms = self.clock.now_ms();
+        Ok((key, notify))
+    }
+
+    /// Stops a consumer; returns whether it existed and whether the queue
+    /// should now be auto-deleted.
+    pub fn cancel_key(&self, key: u64) -> (bool, bool) {
+        let mut st = lock(&self.state);
+        let Some(i) = st.consumers.iter().position(|c| c.key == key) else {
+            return (false, false);
+        };
+        let c = st.consumers.remove(i);
+        c.notify.notify_one();
+        st.last_used_ms = self.clock.now_ms();
+        self.notify_next(&st);
+        let auto_delete = self.cfg.auto_delete && st.consumers.is_empty() && !st.closed;
+        (true, auto_delete)
+    }
+
+    pub fn key_for_tag(&self, tag: &str) -> Option<u64> {
+        lock(&self.state)
+            .consumers
+            .iter()
+            .find(|c| c.tag == tag)
+            .map(|c| c.key)
+    }
+
+    /// One attempt of `Consumer::next`.
+    pub fn try_next(&self, key: u64, outbox: &mut Vec<DeadLetter>) -> NextStep {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return NextStep::Closed;
+        }
+        let Some(entry) = st.consumer_mut(key) else {
+            return NextStep::Closed;
+        };
+        entry.waiting = true;
+        let no_ack = entry.no_ack;
+        let now = Instant::now();
+        match self.pick(&st, now) {
+            Pick::Consumer(k) if k == key => {
+                let d = self.take(&mut st, no_ack, outbox);
+                self.commit(&mut st);
+                match d {
+                    Some(d) => {
+                        st.serve_seq += 1;
+                        let seq = st.serve_seq;
+                        if let Some(e) = st.consumer_mut(key) {
+                            e.waiting = false;
+                            e.last_served = seq;
+                            e.transit_until = Some(now + CONSUMER_PRIORITY_GRACE);
+                        }
+                        self.notify_next(&st);
+                        NextStep::Delivered(d)
+                    }
+                    None => NextStep::Wait(None),
+                }
+            }
+            Pick::Consumer(other) => {
+                if st.ready() > 0
+                    && let Some(c) = st.consumers.iter().find(|c| c.key == other)
+                {
+                    c.notify.notify_one();
+                }
+                NextStep::Wait(None)
+            }
+            Pick::Blocked(until) => NextStep::Wait(Some(until)),
+            Pick::Nobody => NextStep::Wait(None),
+        }
+    }
+
+    /// A `next()` future was dropped while waiting: the consumer no longer
+    /// takes messages until it calls `next()` again.
+    pub fn stop_waiting(&self, key: u64) {
+        let mut st = lock(&self.state);
+        if let Some(e) = st.consumer_mut(key)
+            && e.waiting
+        {
+            e.waiting = false;
+            self.notify_next(&st);
+        }
+    }
+}
+
+/// What one attempt of `Consumer::next` found.
+pub(crate) enum NextStep {
+    Delivered(Delivery),
+    Closed,
+    /// Wait to be notified, or until the instant if given.
+    Wait(Option<Instant>),
+}
+
+/// Clears a consumer's waiting flag if its `next()` future is dropped while
+/// it waits (cancel safety: otherwise round-robin would keep picking it).
+pub(crate) struct WaitGuard<'a> {
+    pub queue: &'a QueueInner,
+    pub key: u64,
+    pub armed: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.stop_waiting(self.key);
+        }
+    }
+}
+
+/// The `original-expiration` of a dead-lettered message.
+pub(crate) fn original_expiration(m: &Message) -> Option<String> {
+    lossy_expiration(
+        m.ttl
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+    )
+}
