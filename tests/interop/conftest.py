@@ -32,6 +32,7 @@ SHUTDOWN_TIMEOUT_S = 20.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LISTENING = re.compile(r"kafka listening on (\S+):(\d+)")
+_AMQP_LISTENING = re.compile(r"amqp listening on (\S+):(\d+)")
 
 
 def ferry_bin() -> Path:
@@ -97,6 +98,9 @@ class FerryServer:
         self.proc: subprocess.Popen | None = None
         self.host = "127.0.0.1"
         self.port: int | None = None
+        # The AMQP 0-9-1 listener (a free port unless the test's ferry_args
+        # give --amqp-listen).
+        self.amqp_port: int | None = None
         # Exit statuses of clean stops (SIGTERM), in order.
         self.exit_codes: list[int] = []
         # Whether the current process was stopped on purpose (stop/kill9).
@@ -111,6 +115,12 @@ class FerryServer:
         return f"{self.host}:{self.port}"
 
     @property
+    def amqp_url(self) -> str:
+        """amqp:// URL of the AMQP listener, default vhost, guest/guest."""
+        assert self.amqp_port is not None, "server not started"
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None, "server not started"
         return self.proc.pid
@@ -123,7 +133,7 @@ class FerryServer:
         except FileNotFoundError:
             return ""
 
-    def start(self, listen: str = "127.0.0.1:0") -> None:
+    def start(self, listen: str = "127.0.0.1:0", amqp_listen: str = "127.0.0.1:0") -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         binary = ferry_bin()
         if not binary.exists():
@@ -135,6 +145,7 @@ class FerryServer:
             str(self.data_dir),
             "--kafka-listen",
             listen,
+            *([] if "--amqp-listen" in self.extra_args else ["--amqp-listen", amqp_listen]),
             *self.extra_args,
         ]
         self._stopped_on_purpose = False
@@ -156,8 +167,10 @@ class FerryServer:
         while True:
             text = self._log_since_start()
             m = _LISTENING.search(text)
-            if m:
+            amqp = _AMQP_LISTENING.search(text)
+            if m and amqp:
                 self.host, self.port = m.group(1), int(m.group(2))
+                self.amqp_port = int(amqp.group(2))
                 self._probe()
                 return
             code = self.proc.poll()
@@ -166,7 +179,7 @@ class FerryServer:
             if time.monotonic() > deadline:
                 self._kill()
                 raise ServerError(
-                    f"ferry did not log 'kafka listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
+                    f"ferry did not log 'kafka listening on' and 'amqp listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
                 )
             time.sleep(0.02)
 
@@ -200,7 +213,7 @@ class FerryServer:
             raise ServerError(f"ferry exited with status {code} on SIGTERM during restart:\n{self.log}")
         old = self.port
         try:
-            self.start(listen=f"127.0.0.1:{old}")
+            self.start(listen=f"127.0.0.1:{old}", amqp_listen=f"127.0.0.1:{self.amqp_port}")
         except ServerError:
             if self.proc is not None and self.proc.poll() is None:
                 raise

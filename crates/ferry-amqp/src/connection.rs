@@ -317,6 +317,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         tracing::debug!(%peer, connection = conn.id, user = %conn.user, vhost = %conn.vhost, "amqp connection open");
         conn.main_loop().await;
         conn.release_everything();
+        conn.drain_deliveries();
     }
     let Conn { writer, .. } = conn;
     drop(writer);
@@ -1679,6 +1680,24 @@ impl Conn {
         self.shared.messaging.connection_closed(self.id);
     }
 
+    /// Deliveries consumer tasks had queued for a connection that is going
+    /// away go back to their queues; later sends fail and the tasks requeue
+    /// what they hold themselves.
+    fn drain_deliveries(&mut self) {
+        self.deliveries.close();
+        while let Ok(ev) = self.deliveries.try_recv() {
+            if let ConsumerEvent::Delivery {
+                queue,
+                delivery,
+                channel_credit: Some(_),
+                ..
+            } = ev
+            {
+                let _ = queue.reject(delivery.id, true);
+            }
+        }
+    }
+
     fn settle(
         &mut self,
         ch: &mut Channel,
@@ -1820,13 +1839,27 @@ impl Conn {
             None => None,
         };
         let mut raw = props.raw.clone();
+        // BCC routes but is never delivered (RabbitMQ removes it).
+        if props.headers.iter().any(|(k, _)| k == "BCC") {
+            let kept: Vec<(String, FieldValue)> = props
+                .headers
+                .iter()
+                .filter(|(k, _)| k != "BCC")
+                .cloned()
+                .collect();
+            raw = props.with_headers(&kept);
+        }
         if props.short_str(props::REPLY_TO) == Some(DIRECT_REPLY_QUEUE.as_bytes()) {
             let Some((_, key)) = &ch.reply else {
                 return Err(AmqpError::precondition(
                     "fast reply consumer does not exist",
                 ));
             };
-            raw = props.with_short_str(props::REPLY_TO, key.as_bytes());
+            raw = Props::parse(raw)
+                .map(|p| p.with_short_str(props::REPLY_TO, key.as_bytes()))
+                .map_err(|e| {
+                    AmqpError::connection(SYNTAX_ERROR, format!("content properties: {e}"))
+                })?;
         }
         let priority = props.priority().unwrap_or(0);
         let persistent = props.delivery_mode() == Some(2);
@@ -2151,7 +2184,20 @@ fn delivery_properties(d: &Delivery, stream_offset: Option<u64>) -> Bytes {
         headers.retain(|(k, _)| k != "x-stream-offset");
         headers.push(("x-stream-offset".into(), FieldValue::Int(o as i64)));
     }
-    p.with_headers(&headers)
+    let with_headers = p.with_headers(&headers);
+    // RabbitMQ drops the per-message TTL when it dead-letters a message (it
+    // lives on as x-death's original-expiration).
+    let expired_ttl = m
+        .deaths
+        .first()
+        .and_then(|d| d.original_expiration.as_deref());
+    if let (Some(ttl), Some(current)) = (expired_ttl, p.short_str(props::EXPIRATION))
+        && ttl.as_bytes() == current
+        && let Ok(p2) = Props::parse(with_headers.clone())
+    {
+        return p2.with_field(props::EXPIRATION, None);
+    }
+    with_headers
 }
 
 /// One consumer: takes prefetch credit, waits for the queue's next

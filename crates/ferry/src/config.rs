@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +45,9 @@ pub struct ServeArgs {
     /// Partitions of a topic created without a count [default: 1].
     #[arg(long, env = "FERRY_DEFAULT_PARTITIONS", value_name = "N")]
     pub default_partitions: Option<u32>,
+    /// Address the AMQP 0-9-1 listener binds, HOST:PORT [default: 127.0.0.1:5672]. Port 0 picks a free port.
+    #[arg(long, env = "FERRY_AMQP_LISTEN", value_name = "HOST:PORT")]
+    pub amqp_listen: Option<String>,
     /// Broker-wide topic config default, KEY=VALUE (e.g. fsync.policy=never); repeatable.
     #[arg(
         long = "topic-default",
@@ -89,6 +93,8 @@ struct FileConfig {
     #[serde(default)]
     kafka: FileKafka,
     #[serde(default)]
+    amqp: FileAmqp,
+    #[serde(default)]
     topics: FileTopics,
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
@@ -115,6 +121,12 @@ struct FileKafka {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileAmqp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileTopics {
     auto_create: Option<bool>,
     default_partitions: Option<u32>,
@@ -128,6 +140,7 @@ pub struct Settings {
     pub kafka_listen: String,
     pub kafka_advertised: Option<String>,
     pub kafka_request_bytes_max: usize,
+    pub amqp_listen: String,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
@@ -192,6 +205,11 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string()),
             kafka_advertised: args.kafka_advertised.clone().or(file.kafka.advertised),
             kafka_request_bytes_max: request_bytes_max,
+            amqp_listen: args
+                .amqp_listen
+                .clone()
+                .or(file.amqp.listen)
+                .unwrap_or_else(|| DEFAULT_AMQP_LISTEN.to_string()),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.topics.auto_create)
@@ -278,6 +296,8 @@ mod tests {
 data_dir = "/from/file"
 [kafka]
 listen = "0.0.0.0:1111"
+[amqp]
+listen = "0.0.0.0:5673"
 [topics]
 default_partitions = 3
 [topic_defaults]
@@ -295,6 +315,9 @@ default_partitions = 3
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/from/file"));
         assert_eq!(s.kafka_listen, "127.0.0.1:2222");
+        assert_eq!(s.amqp_listen, "0.0.0.0:5673");
+        let default = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(default.amqp_listen, DEFAULT_AMQP_LISTEN);
         assert_eq!(s.default_partitions, 3);
         assert!(s.auto_create_topics);
         assert_eq!(s.topic_defaults["retention.ms"], "5");

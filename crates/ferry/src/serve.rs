@@ -54,6 +54,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Bind before opening the data directory, so a taken port fails fast.
     let (kafka_listener, kafka_addr) =
         bind("kafka", &settings.kafka_listen, "--kafka-listen").await?;
+    let (amqp_listener, amqp_addr) = bind("amqp", &settings.amqp_listen, "--amqp-listen").await?;
 
     let data_dir = settings.data_dir.display().to_string();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -83,6 +84,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         kafka_config,
     ));
     tracing::info!("kafka listening on {kafka_addr}");
+    let amqp = tokio::spawn(ferry_amqp::serve(
+        amqp_listener,
+        broker.messaging().clone(),
+        ferry_amqp::AmqpConfig::default(),
+    ));
+    tracing::info!("amqp listening on {amqp_addr}");
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
@@ -90,6 +97,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
     kafka.abort();
+    amqp.abort();
     maintenance.abort();
     group_timers.abort();
     let closing = broker.clone();

@@ -52,6 +52,8 @@ impl Server {
             .arg(listen)
             .args(extra)
             .env("FERRY_LOG", "info")
+            // A free port for AMQP too; a test's own --amqp-listen flag wins.
+            .env("FERRY_AMQP_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -505,5 +507,30 @@ pub mod idempotent {
             })
             .collect();
         encode_batch(&records, Compression::None)
+    }
+}
+
+pub mod amqp;
+
+impl Server {
+    /// The AMQP listener's address, from the `amqp listening on` log line.
+    pub fn amqp(&self) -> SocketAddr {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = self.log_text();
+            if let Some(addr) = log
+                .lines()
+                .find_map(|l| l.split("amqp listening on ").nth(1))
+            {
+                return strip_ansi(addr.trim())
+                    .parse()
+                    .expect("amqp listen address");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no 'amqp listening on' line in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
