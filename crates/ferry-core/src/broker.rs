@@ -180,14 +180,17 @@ impl Broker {
             queue_segment_bytes: config.queue_segment_bytes,
             ..MessagingConfig::default()
         };
+        let queues_dir = dir.join("queues");
+        let queues_error = move |e: crate::messaging::MessagingError| {
+            io_error(&queues_dir, std::io::Error::other(e.to_string()))
+        };
         let messaging = Messaging::open(
             dir.clone(),
             messaging_config,
             catalog.clone(),
-            messaging_records,
             clock.clone(),
         )
-        .map_err(|e| io_error(&dir.join("queues"), std::io::Error::other(e.to_string())))?;
+        .map_err(&queues_error)?;
         let broker = Broker {
             config,
             cluster_id,
@@ -205,7 +208,13 @@ impl Broker {
         }
         broker.sweep_orphans()?;
         broker.empty_trash();
-        Ok(Arc::new(broker))
+        let broker = Arc::new(broker);
+        // Queues come after topics: a stream queue is a topic's log.
+        broker
+            .messaging
+            .attach(Arc::downgrade(&broker), messaging_records)
+            .map_err(&queues_error)?;
+        Ok(broker)
     }
 
     fn load_or_create_meta(dir: &Path) -> Result<String, CoreError> {

@@ -58,13 +58,16 @@ pub(crate) enum CatalogEvent {
         vhost: String,
         name: String,
     },
-    /// A durable queue; `id` names its directory under `queues/`.
+    /// A durable queue; `id` names its directory under `queues/`. `topic`
+    /// is the topic a stream queue created for itself (deleted with it).
     QueueDeclared {
         vhost: String,
         name: String,
         id: String,
         auto_delete: bool,
         arguments: Vec<(String, StoredValue)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
     /// Also removes every binding to the queue.
     QueueDeleted {
@@ -93,6 +96,7 @@ pub(crate) struct QueueRecord {
     pub id: String,
     pub auto_delete: bool,
     pub arguments: Vec<(String, StoredValue)>,
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +154,7 @@ impl MessagingRecords {
                 id,
                 auto_delete,
                 arguments,
+                topic,
             } => {
                 self.queues.insert(
                     (vhost.clone(), name.clone()),
@@ -157,6 +162,7 @@ impl MessagingRecords {
                         id: id.clone(),
                         auto_delete: *auto_delete,
                         arguments: arguments.clone(),
+                        topic: topic.clone(),
                     },
                 );
             }
@@ -193,6 +199,7 @@ impl MessagingRecords {
                 id: q.id.clone(),
                 auto_delete: q.auto_delete,
                 arguments: q.arguments.clone(),
+                topic: q.topic.clone(),
             });
         }
         out.extend(
@@ -433,6 +440,7 @@ mod tests {
                 id: "id1".into(),
                 auto_delete: false,
                 arguments: vec![("x-max-length".into(), StoredValue::Int(5))],
+                topic: None,
             },
             CatalogEvent::QueueDeclared {
                 vhost: "/".into(),
@@ -440,6 +448,7 @@ mod tests {
                 id: "id2".into(),
                 auto_delete: true,
                 arguments: vec![],
+                topic: Some("q2".into()),
             },
             CatalogEvent::BindingAdded(binding("q1")),
             CatalogEvent::BindingAdded(binding("q2")),

@@ -10,15 +10,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::Duration;
 
-use ferry_log::{Clock, FsyncPolicy};
+use ferry_log::{Clock, FsyncPolicy, Log, LogConfig};
 use uuid::Uuid;
 
 use super::args::{self, QueueArgs, exchange_equivalence, kind_name, parse_queue_args, rs};
 use super::codec::{self, Meta};
-use super::queue::{Appended, DeadLetter, QueueConfig, QueueInner, original_expiration};
+use super::queue::{
+    Appended, DeadLetter, QUEUE_MESSAGE_BYTES_MAX, QueueConfig, QueueInner, StreamInfo,
+    original_expiration,
+};
 use super::routing::{Binding, Bindings, Dest, Routing};
 use super::value::{as_int, as_str, from_stored, to_stored};
 use super::{
@@ -27,6 +32,8 @@ use super::{
     QueueType, argument,
 };
 use crate::catalog::{BindingRecord, Catalog, CatalogEvent, MessagingRecords};
+use crate::names::validate_topic_name;
+use crate::{Broker, CoreError};
 
 /// The default vhost.
 pub const DEFAULT_VHOST: &str = "/";
@@ -102,6 +109,8 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     timers_started: AtomicBool,
     me: Weak<Shared>,
+    /// For stream queues, which are topics.
+    broker: OnceLock<Weak<Broker>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,11 +249,9 @@ impl Shared {
         data_dir: PathBuf,
         config: MessagingConfig,
         catalog: Arc<Mutex<Catalog>>,
-        records: MessagingRecords,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Shared>, MessagingError> {
-        let queues_dir = data_dir.join("queues");
-        std::fs::create_dir_all(&queues_dir).map_err(storage)?;
+        std::fs::create_dir_all(data_dir.join("queues")).map_err(storage)?;
         let shared = Arc::new_cyclic(|me| Shared {
             data_dir,
             config,
@@ -253,11 +260,21 @@ impl Shared {
             clock,
             timers_started: AtomicBool::new(false),
             me: me.clone(),
+            broker: OnceLock::new(),
         });
         shared.add_vhost(DEFAULT_VHOST);
-        shared.restore(records)?;
-        shared.sweep_orphans(&queues_dir);
         Ok(shared)
+    }
+
+    pub fn attach(
+        &self,
+        broker: Weak<Broker>,
+        records: MessagingRecords,
+    ) -> Result<(), MessagingError> {
+        let _ = self.broker.set(broker);
+        self.restore(records)?;
+        self.sweep_orphans(&self.data_dir.join("queues"));
+        Ok(())
     }
 
     fn restore(&self, records: MessagingRecords) -> Result<(), MessagingError> {
@@ -309,7 +326,13 @@ impl Shared {
                 arguments,
                 args,
             );
-            let inner = QueueInner::open(cfg, self.me.clone(), self.clock.clone())?;
+            let inner = if cfg.args.queue_type() == QueueType::Stream {
+                let owned = Some(q.topic.is_some());
+                let (log, info) = self.stream_log(&vhost, &name, &q.id, &cfg.args, true, owned)?;
+                QueueInner::open_stream(cfg, log, info, self.me.clone(), self.clock.clone())
+            } else {
+                QueueInner::open(cfg, self.me.clone(), self.clock.clone())?
+            };
             v.write().queues.insert(name, Arc::new(Queue { inner }));
         }
         for b in records.bindings {
@@ -635,6 +658,23 @@ impl Shared {
     ) -> Result<QueueInfo, MessagingError> {
         let v = self.vhost(vhost)?;
         check_name("queue", &spec.name)?;
+        // A new stream queue's topic is made before taking the catalog lock,
+        // which creating a topic takes too.
+        let mut prepared = None;
+        if !passive
+            && !spec.name.is_empty()
+            && !spec.name.starts_with("amq.")
+            && spec.durable
+            && spec.exclusive_owner.is_none()
+            && !spec.auto_delete
+            && !v.read().queues.contains_key(&spec.name)
+            && let Ok(args) = parse_queue_args(&spec.arguments, &spec.name, vhost)
+            && args.queue_type() == QueueType::Stream
+        {
+            let id = Uuid::new_v4().simple().to_string();
+            let log = self.stream_log(vhost, &spec.name, &id, &args, true, None)?;
+            prepared = Some((id, log));
+        }
         let mut catalog = self.catalog();
         let mut topo = v.write();
         if let Some(q) = topo.queues.get(&spec.name) {
@@ -698,8 +738,12 @@ impl Shared {
                 )));
             }
         }
-        let id = Uuid::new_v4().simple().to_string();
         let journaled = spec.durable && spec.exclusive_owner.is_none();
+        let stream = args.queue_type() == QueueType::Stream;
+        let (id, prepared) = match prepared {
+            Some((id, log)) => (id, Some(log)),
+            None => (Uuid::new_v4().simple().to_string(), None),
+        };
         let cfg = self.queue_config(
             vhost,
             &name,
@@ -713,7 +757,16 @@ impl Shared {
         );
         // The queue's directory first, the journal second: a crash in
         // between leaves a directory that the next start sweeps away.
-        let inner = QueueInner::open(cfg, self.me.clone(), self.clock.clone())?;
+        let inner = if stream {
+            let (log, info) = match prepared {
+                Some(p) => p,
+                // A server-named stream: no topic (its name is random).
+                None => self.stream_log(vhost, &name, &id, &cfg.args, false, None)?,
+            };
+            QueueInner::open_stream(cfg, log, info, self.me.clone(), self.clock.clone())
+        } else {
+            QueueInner::open(cfg, self.me.clone(), self.clock.clone())?
+        };
         if journaled {
             let event = CatalogEvent::QueueDeclared {
                 vhost: vhost.to_string(),
@@ -721,6 +774,7 @@ impl Shared {
                 id: id.clone(),
                 auto_delete: spec.auto_delete,
                 arguments: to_stored(&spec.arguments),
+                topic: inner.owned_topic(),
             };
             if let Err(e) = Self::journal(&mut catalog, event) {
                 self.trash(inner.cfg.dir.clone(), &id);
@@ -734,6 +788,82 @@ impl Shared {
         drop(catalog);
         self.ensure_timers();
         Ok(info)
+    }
+
+    /// The log of a stream queue: partition 0 of the topic of the same name
+    /// (created with one partition and no time retention if there is none)
+    /// when the queue is in the default vhost, has a valid topic name and
+    /// `topic_allowed`; otherwise a log of its own under `queues/<id>/log`.
+    /// `owned` (on restore) says whether the stream created its topic.
+    fn stream_log(
+        &self,
+        vhost: &str,
+        name: &str,
+        id: &str,
+        args: &QueueArgs,
+        topic_allowed: bool,
+        owned: Option<bool>,
+    ) -> Result<(Arc<Log>, StreamInfo), MessagingError> {
+        if topic_allowed
+            && vhost == DEFAULT_VHOST
+            && validate_topic_name(name).is_ok()
+            && let Some(broker) = self.broker.get().and_then(Weak::upgrade)
+        {
+            let found = match broker.topic(name) {
+                Some(t) => Ok((t, false)),
+                None => {
+                    let mut configs = BTreeMap::new();
+                    configs.insert("retention.ms".to_string(), "-1".to_string());
+                    if let Some(b) = args.max_length_bytes {
+                        configs.insert("retention.bytes".to_string(), b.to_string());
+                    }
+                    match broker.create_topic(name, Some(1), &configs, false) {
+                        Ok(t) => Ok((t, true)),
+                        Err(CoreError::TopicExists(_)) => broker
+                            .topic(name)
+                            .map(|t| (t, false))
+                            .ok_or(CoreError::UnknownTopic(name.to_string())),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match found {
+                Ok((topic, created)) => {
+                    if topic.partition_count() > 1 {
+                        tracing::warn!(
+                            topic = name,
+                            "stream queue reads only partition 0 of its topic"
+                        );
+                    }
+                    if let Some(log) = topic.partition(0) {
+                        let info = StreamInfo {
+                            topic: Some(name.to_string()),
+                            owns_topic: owned.unwrap_or(created),
+                        };
+                        return Ok((log, info));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = name, error = %e, "stream queue cannot use a topic; it gets a log of its own");
+                }
+            }
+        }
+        let config = LogConfig {
+            retention_ms: None,
+            retention_bytes: args.max_length_bytes,
+            max_batch_bytes: QUEUE_MESSAGE_BYTES_MAX,
+            fsync: self.config.fsync,
+            ..LogConfig::default()
+        };
+        let dir = self.data_dir.join("queues").join(id).join("log");
+        let log = Log::open(&dir, config, self.clock.clone()).map_err(storage)?;
+        Ok((
+            Arc::new(log),
+            StreamInfo {
+                topic: None,
+                owns_topic: false,
+            },
+        ))
     }
 
     pub fn queue(
@@ -784,7 +914,17 @@ impl Shared {
                 rs("queue", name, vhost)
             )));
         }
-        self.remove_queue(&mut catalog, &mut topo, vhost, name)
+        let topic = q.inner.owned_topic();
+        let held = self.remove_queue(&mut catalog, &mut topo, vhost, name)?;
+        drop(topo);
+        drop(catalog);
+        if let Some(topic) = topic
+            && let Some(broker) = self.broker.get().and_then(Weak::upgrade)
+            && let Err(e) = broker.delete_topic(&topic)
+        {
+            tracing::warn!(topic, error = %e, "could not delete a deleted stream queue's topic");
+        }
+        Ok(held)
     }
 
     fn remove_queue(

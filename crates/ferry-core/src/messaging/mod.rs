@@ -47,6 +47,7 @@ pub use args::PRIORITY_MAX;
 pub use engine::{DEFAULT_VHOST, MessagingConfig};
 
 use engine::Shared;
+
 use queue::{NextStep, QueueInner, WaitGuard};
 use routing::{Binding, Dest};
 
@@ -325,6 +326,87 @@ pub struct Consumer {
     tag: String,
     notify: Arc<Notify>,
     shared: Weak<Shared>,
+    /// Stream queues: this consumer's own position in the log.
+    stream: Option<StreamCursor>,
+}
+
+/// Bytes a stream consumer reads from the log at once.
+const STREAM_READ_BYTES: usize = 256 * 1024;
+
+#[derive(Debug)]
+struct StreamCursor {
+    offset: i64,
+    buffer: std::collections::VecDeque<ferry_log::records::StoredRecord>,
+    changes: tokio::sync::watch::Receiver<i64>,
+}
+
+impl Consumer {
+    async fn next_in_stream(&mut self) -> Option<Delivery> {
+        loop {
+            if !self.queue.consumer_alive(self.key) {
+                return None;
+            }
+            let cursor = self.stream.as_mut()?;
+            if let Some(rec) = cursor.buffer.pop_front() {
+                cursor.offset = rec.offset + 1;
+                let (mut message, _) = codec::decode_message(&rec);
+                // RabbitMQ tells stream consumers where each message is.
+                message
+                    .headers
+                    .push(("x-stream-offset".to_string(), FieldValue::Int(rec.offset)));
+                let hw = self.queue.log.high_watermark();
+                return Some(Delivery {
+                    id: u64::try_from(rec.offset).unwrap_or(0),
+                    message,
+                    redelivered: false,
+                    delivery_count: 1,
+                    remaining: u64::try_from(hw - rec.offset - 1).unwrap_or(0),
+                });
+            }
+            cursor.changes.borrow_and_update();
+            match self.queue.log.read(cursor.offset, STREAM_READ_BYTES, true) {
+                Ok(read) if !read.records.is_empty() => {
+                    let batches =
+                        ferry_log::records::split_batches(read.records).unwrap_or_default();
+                    for (_, last, batch) in batches {
+                        match ferry_log::records::decode_batch(batch) {
+                            Ok(records) => cursor
+                                .buffer
+                                .extend(records.into_iter().filter(|r| r.offset >= cursor.offset)),
+                            Err(e) => {
+                                tracing::warn!(queue = %self.queue.cfg.name, error = %e, "skipping an undecodable batch of a stream")
+                            }
+                        }
+                        if cursor.buffer.is_empty() {
+                            cursor.offset = cursor.offset.max(last + 1);
+                        }
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(ferry_log::LogError::OffsetOutOfRange {
+                    log_start_offset, ..
+                }) if cursor.offset < log_start_offset => {
+                    // Retention removed what this consumer had not read yet.
+                    cursor.offset = log_start_offset;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue.cfg.name, error = %e, "stream read failed");
+                }
+            }
+            let notify = self.notify.clone();
+            tokio::select! {
+                changed = cursor.changes.changed() => {
+                    if changed.is_err() {
+                        // The log is gone (queue deleted): look again shortly.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                _ = notify.notified() => {}
+            }
+        }
+    }
 }
 
 impl Consumer {
@@ -336,6 +418,9 @@ impl Consumer {
     /// Cancel-safe: dropping the future loses no message (a delivery is
     /// handed over in the same synchronous step that takes it).
     pub async fn next(&mut self) -> Option<Delivery> {
+        if self.stream.is_some() {
+            return self.next_in_stream().await;
+        }
         loop {
             let mut outbox = Vec::new();
             let step = self.queue.try_next(self.key, &mut outbox);
@@ -395,6 +480,27 @@ impl Queue {
     }
 
     pub fn consume(&self, spec: ConsumerSpec) -> Result<Consumer, MessagingError> {
+        let stream = self.inner.is_stream().then(|| {
+            let log = &self.inner.log;
+            let start = log.log_start_offset();
+            let hw = log.high_watermark();
+            let offset = match spec.stream_offset.unwrap_or(StreamOffset::Next) {
+                StreamOffset::First => start,
+                StreamOffset::Last => (hw - 1).max(start),
+                StreamOffset::Next => hw,
+                StreamOffset::Offset(n) => i64::try_from(n).unwrap_or(i64::MAX).clamp(start, hw),
+                StreamOffset::Timestamp(ms) => log
+                    .offset_for_timestamp(ms)
+                    .ok()
+                    .flatten()
+                    .map_or(hw, |t| t.offset),
+            };
+            StreamCursor {
+                offset,
+                buffer: std::collections::VecDeque::new(),
+                changes: log.subscribe(),
+            }
+        });
         let (key, notify) = self.inner.consume(&spec)?;
         Ok(Consumer {
             queue: self.inner.clone(),
@@ -402,6 +508,7 @@ impl Queue {
             tag: spec.tag,
             notify,
             shared: self.inner.shared(),
+            stream,
         })
     }
 
@@ -465,12 +572,21 @@ impl Messaging {
         data_dir: std::path::PathBuf,
         config: MessagingConfig,
         catalog: Arc<std::sync::Mutex<crate::catalog::Catalog>>,
-        records: crate::catalog::MessagingRecords,
         clock: Arc<dyn ferry_log::Clock>,
     ) -> Result<Messaging, MessagingError> {
         Ok(Messaging {
-            shared: Shared::open(data_dir, config, catalog, records, clock)?,
+            shared: Shared::open(data_dir, config, catalog, clock)?,
         })
+    }
+
+    /// Gives the engine its broker (stream queues are topics) and restores
+    /// the durable exchanges, queues and bindings of the catalog.
+    pub(crate) fn attach(
+        &self,
+        broker: Weak<crate::Broker>,
+        records: crate::catalog::MessagingRecords,
+    ) -> Result<(), MessagingError> {
+        self.shared.attach(broker, records)
     }
 
     /// Creates a vhost (with its standard exchanges) if it does not exist.

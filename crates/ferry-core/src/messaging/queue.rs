@@ -194,6 +194,18 @@ pub(crate) struct QueueInner {
     sync_persistent: bool,
     /// Bumped by every append, for the timer's flushes.
     appends: AtomicU64,
+    /// Set for stream queues: the log is read by each consumer from its own
+    /// offset and nothing is ever settled.
+    pub stream: Option<StreamInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StreamInfo {
+    /// The topic whose partition 0 is the stream's log (the broker owns and
+    /// closes that log); `None` when the stream has a log of its own.
+    pub topic: Option<String>,
+    /// The stream created the topic, so the topic goes with it.
+    pub owns_topic: bool,
 }
 
 /// How an append went.
@@ -310,6 +322,7 @@ impl QueueInner {
             shared,
             clock,
             appends: AtomicU64::new(0),
+            stream: None,
         });
         {
             let mut st = lock(&inner.state);
@@ -346,6 +359,98 @@ impl QueueInner {
             }
         }
         Ok(inner)
+    }
+
+    /// A stream queue over `log` (a topic's partition or its own log).
+    pub fn open_stream(
+        cfg: QueueConfig,
+        log: Arc<Log>,
+        stream: StreamInfo,
+        shared: Weak<Shared>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<QueueInner> {
+        let now_ms = clock.now_ms();
+        Arc::new(QueueInner {
+            sync_persistent: true,
+            cfg,
+            log,
+            state: Mutex::new(State {
+                journal: None,
+                flags: 0,
+                low_water: 0,
+                cursor: 0,
+                log_end: 0,
+                settled: RangeSet::default(),
+                requeued: BTreeSet::new(),
+                levels: Vec::new(),
+                delayed: BTreeSet::new(),
+                expiries: BTreeSet::new(),
+                in_flight: HashMap::new(),
+                in_flight_bytes: 0,
+                counts: HashMap::new(),
+                unsettled: 0,
+                unsettled_bytes: 0,
+                readahead: VecDeque::new(),
+                consumers: Vec::new(),
+                next_key: 1,
+                serve_seq: 0,
+                had_consumer: false,
+                last_used_ms: now_ms,
+                closed: false,
+                reclaimed_to: 0,
+            }),
+            shared,
+            clock,
+            appends: AtomicU64::new(0),
+            stream: Some(stream),
+        })
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    pub fn owned_topic(&self) -> Option<String> {
+        self.stream
+            .as_ref()
+            .filter(|s| s.owns_topic)
+            .and_then(|s| s.topic.clone())
+    }
+
+    fn not_for_streams(&self, what: &str) -> MessagingError {
+        MessagingError::PreconditionFailed(format!(
+            "{what} is not supported by stream {}",
+            rs("queue", &self.cfg.name, &self.cfg.vhost)
+        ))
+    }
+
+    /// Whether a stream consumer is still registered (and its queue alive).
+    pub fn consumer_alive(&self, key: u64) -> bool {
+        let st = lock(&self.state);
+        !st.closed && st.consumers.iter().any(|c| c.key == key)
+    }
+
+    fn append_stream(&self, batch: &[u8], meta: &Meta) -> Result<Appended, MessagingError> {
+        if lock(&self.state).closed {
+            return Ok(Appended::Gone);
+        }
+        let info = self.log.append(batch).map_err(storage)?;
+        if meta.persistent {
+            return Ok(Appended::Stored(Some(info)));
+        }
+        // Under group commit nothing is readable before an fsync: start one
+        // for messages nobody waits for (the timer is the fallback).
+        if self.log.config().fsync == FsyncPolicy::Always
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let log = self.log.clone();
+            handle.spawn(async move {
+                if let Err(e) = log.wait_synced(&info).await {
+                    tracing::warn!(error = %e, "could not fsync a stream queue's log");
+                }
+            });
+        }
+        Ok(Appended::Stored(None))
     }
 
     fn needs_scan(&self, st: &State) -> bool {
@@ -750,6 +855,9 @@ impl QueueInner {
         body_bytes: u64,
         outbox: &mut Vec<DeadLetter>,
     ) -> Result<Appended, MessagingError> {
+        if self.is_stream() {
+            return self.append_stream(batch, meta);
+        }
         let mut st = lock(&self.state);
         if st.closed {
             return Ok(Appended::Gone);
@@ -820,9 +928,14 @@ impl QueueInner {
 
     pub fn info(&self) -> QueueInfo {
         let st = lock(&self.state);
+        let message_count = if self.is_stream() {
+            u64::try_from(self.log.high_watermark() - self.log.log_start_offset()).unwrap_or(0)
+        } else {
+            st.ready()
+        };
         QueueInfo {
             name: self.cfg.name.clone(),
-            message_count: st.ready(),
+            message_count,
             consumer_count: st.consumers.len() as u32,
         }
     }
@@ -841,6 +954,9 @@ impl QueueInner {
     }
 
     pub fn get(&self, no_ack: bool) -> Result<Option<Delivery>, MessagingError> {
+        if self.is_stream() {
+            return Err(self.not_for_streams("basic.get"));
+        }
         let mut outbox = Vec::new();
         let d = {
             let mut st = lock(&self.state);
@@ -869,6 +985,10 @@ impl QueueInner {
     }
 
     pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
+        if self.is_stream() {
+            // Stream consumers ack for flow control only; nothing is removed.
+            return Ok(());
+        }
         let mut st = lock(&self.state);
         match st.in_flight.get(&id) {
             Some(f) if !f.dead_lettering => {}
@@ -883,6 +1003,9 @@ impl QueueInner {
     }
 
     pub fn reject(&self, id: u64, requeue: bool) -> Result<(), MessagingError> {
+        if self.is_stream() {
+            return Ok(());
+        }
         let mut outbox = Vec::new();
         {
             let mut st = lock(&self.state);
@@ -925,6 +1048,9 @@ impl QueueInner {
     }
 
     pub fn purge(&self) -> Result<u64, MessagingError> {
+        if self.is_stream() {
+            return Err(self.not_for_streams("purge"));
+        }
         let mut st = lock(&self.state);
         let purged = st.ready() + st.delayed.len() as u64;
         // Everything not in flight goes: the cursor's region in runs between
@@ -991,6 +1117,10 @@ impl QueueInner {
 
     /// Flushes the journal and the log, for a clean shutdown. Blocking.
     pub fn shutdown(&self) {
+        if self.stream.as_ref().is_some_and(|s| s.topic.is_some()) {
+            // A topic's log: the broker closes it with its topics.
+            return;
+        }
         let mut st = lock(&self.state);
         if let Some(j) = st.journal.as_mut()
             && let Err(e) = j.sync()
@@ -1016,6 +1146,15 @@ impl QueueInner {
     /// log fsyncs, reclaiming settled segments, journal compaction and the
     /// `x-expires` check. Blocking (it may fsync).
     pub fn tick(&self) -> TickOutcome {
+        if self.is_stream() {
+            if self.log.config().fsync == FsyncPolicy::Always
+                && !self.log.is_synced()
+                && let Err(e) = self.log.flush()
+            {
+                tracing::warn!(queue = %self.cfg.name, error = %e, "could not fsync a stream queue's log");
+            }
+            return TickOutcome::default();
+        }
         let now = self.clock.now_ms();
         let mut outbox = Vec::new();
         let mut outcome = TickOutcome::default();

@@ -1135,3 +1135,213 @@ fn draining_a_queue_gives_its_disk_back() {
     );
     assert!(q.disk_bytes() < bytes_full / 10);
 }
+
+// ---- model-based ----
+
+mod model {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish,
+        Get { no_ack: bool },
+        Ack(usize),
+        Reject(usize, bool),
+        Restart { crash: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Publish),
+            3 => any::<bool>().prop_map(|no_ack| Op::Get { no_ack }),
+            2 => any::<usize>().prop_map(Op::Ack),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(i, r)| Op::Reject(i, r)),
+            1 => any::<bool>().prop_map(|crash| Op::Restart { crash }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// A durable queue behaves like a simple model: ready messages go out
+        /// in publication order (requeued ones at their place), delivery
+        /// counts and redelivered flags follow every delivery, a restart
+        /// (clean or crash) makes every unsettled message ready again and
+        /// never brings back a settled one.
+        #[test]
+        fn durable_queue_matches_the_model(ops in proptest::collection::vec(op(), 1..48)) {
+            let mut env = Env::new();
+            env.declare("q", true, vec![]);
+            // id -> delivery count so far
+            let mut ready: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut in_flight: Vec<(u64, u32)> = Vec::new();
+            let mut published = 0u64;
+            for op in ops {
+                let q = env.queue("q");
+                match op {
+                    Op::Publish => {
+                        env.publish("", "q", &published.to_string());
+                        ready.insert(published, 0);
+                        published += 1;
+                    }
+                    Op::Get { no_ack } => {
+                        let got = q.get(no_ack).unwrap();
+                        match ready.pop_first() {
+                            None => prop_assert!(got.is_none()),
+                            Some((id, count)) => {
+                                let d = got.unwrap();
+                                prop_assert_eq!(d.id, id);
+                                prop_assert_eq!(body(&d), id.to_string());
+                                prop_assert_eq!(d.delivery_count, count + 1);
+                                prop_assert_eq!(d.redelivered, count > 0);
+                                prop_assert_eq!(d.remaining, ready.len() as u64);
+                                if !no_ack {
+                                    in_flight.push((id, count + 1));
+                                }
+                            }
+                        }
+                    }
+                    Op::Ack(i) if !in_flight.is_empty() => {
+                        let (id, _) = in_flight.remove(i % in_flight.len());
+                        q.ack(id).unwrap();
+                        prop_assert!(q.ack(id).is_err());
+                    }
+                    Op::Reject(i, requeue) if !in_flight.is_empty() => {
+                        let (id, count) = in_flight.remove(i % in_flight.len());
+                        q.reject(id, requeue).unwrap();
+                        if requeue {
+                            ready.insert(id, count);
+                        }
+                    }
+                    Op::Ack(_) | Op::Reject(..) => {}
+                    Op::Restart { crash } => {
+                        drop(q);
+                        if crash { env.crash() } else { env.restart() }
+                        ready.extend(in_flight.drain(..));
+                    }
+                }
+                prop_assert_eq!(env.queue("q").info().message_count, ready.len() as u64);
+            }
+        }
+    }
+}
+
+// ---- stream queues ----
+
+fn stream_args() -> Arguments {
+    vec![arg("x-queue-type", s("stream"))]
+}
+
+async fn publish_durably(env: &Env, exchange: &str, key: &str, body: &str) {
+    let p = env.m().publish("/", msg(exchange, key, body)).unwrap();
+    assert_eq!(p.routed, 1);
+    p.pending.durable().await.unwrap();
+}
+
+fn stream_consumer(q: &Queue, tag: &str, offset: Option<StreamOffset>) -> Consumer {
+    let mut spec = consumer_spec(tag);
+    spec.stream_offset = offset;
+    q.consume(spec).unwrap()
+}
+
+#[tokio::test]
+async fn stream_queues_replay_from_any_offset_and_keep_what_is_acked() {
+    let mut env = Env::new();
+    env.declare("events", true, stream_args());
+    for i in 0..5 {
+        publish_durably(&env, "", "events", &i.to_string()).await;
+    }
+    let q = env.queue("events");
+    assert_eq!(q.info().message_count, 5);
+    assert!(matches!(
+        q.get(false),
+        Err(MessagingError::PreconditionFailed(_))
+    ));
+    let mut first = stream_consumer(&q, "first", Some(StreamOffset::First));
+    for i in 0..5 {
+        let d = next(&mut first).await.unwrap();
+        assert_eq!(body(&d), i.to_string());
+        assert_eq!(d.id, i);
+        assert!(
+            d.message
+                .headers
+                .contains(&arg("x-stream-offset", FieldValue::Int(i as i64)))
+        );
+        q.ack(d.id).unwrap();
+    }
+    let mut from3 = stream_consumer(&q, "from3", Some(StreamOffset::Offset(3)));
+    assert_eq!(body(&next(&mut from3).await.unwrap()), "3");
+    let mut last = stream_consumer(&q, "last", Some(StreamOffset::Last));
+    assert_eq!(body(&next(&mut last).await.unwrap()), "4");
+    let mut new_only = stream_consumer(&q, "next", None);
+    nothing_within(&mut new_only, 30).await;
+    publish_durably(&env, "", "events", "5").await;
+    assert_eq!(body(&next(&mut new_only).await.unwrap()), "5");
+    assert_eq!(body(&next(&mut first).await.unwrap()), "5");
+    // Acked messages stay: a new reader from the start sees everything.
+    let mut again = stream_consumer(&q, "again", Some(StreamOffset::First));
+    assert_eq!(body(&next(&mut again).await.unwrap()), "0");
+    let ts = stream_consumer(&q, "ts", Some(StreamOffset::Timestamp(0)));
+    drop(ts);
+    drop((first, from3, last, new_only, again, q));
+
+    env.restart();
+    let q = env.queue("events");
+    assert_eq!(q.info().message_count, 6);
+    let mut after = stream_consumer(&q, "after", Some(StreamOffset::First));
+    assert_eq!(body(&next(&mut after).await.unwrap()), "0");
+}
+
+#[tokio::test]
+async fn a_stream_queue_is_a_kafka_topic() {
+    let env = Env::new();
+    env.declare("orders", true, stream_args());
+    publish_durably(&env, "", "orders", "from-amqp").await;
+    let broker = env.broker.as_ref().unwrap();
+    let log = broker.partition("orders", 0).unwrap();
+    let read = log.read(0, 1 << 20, true).unwrap();
+    let batches = ferry_log::records::split_batches(read.records).unwrap();
+    let rec = ferry_log::records::decode_batch(batches[0].2.clone())
+        .unwrap()
+        .remove(0);
+    assert_eq!(rec.key.as_deref(), Some(&b"orders"[..]));
+    assert_eq!(rec.value.as_deref(), Some(&b"from-amqp"[..]));
+    // What a Kafka producer writes, AMQP stream consumers read.
+    let batch = ferry_log::records::build_batch(
+        1,
+        &[ferry_log::records::RecordParts {
+            key: Some(b"k"),
+            value: Some(b"from-kafka"),
+            headers: &[],
+        }],
+    );
+    let info = log.append(&batch).unwrap();
+    log.wait_durable(&info).await.unwrap();
+    let q = env.queue("orders");
+    let mut c = stream_consumer(&q, "c", Some(StreamOffset::First));
+    assert_eq!(body(&next(&mut c).await.unwrap()), "from-amqp");
+    let d = next(&mut c).await.unwrap();
+    assert_eq!(
+        (body(&d), d.message.routing_key.as_str()),
+        ("from-kafka".into(), "k")
+    );
+    drop(c);
+    // Deleting the stream deletes the topic it made.
+    env.m()
+        .delete_queue("/", "orders", false, false, C1)
+        .unwrap();
+    assert!(broker.topic("orders").is_none());
+    // A stream over a topic that already existed leaves the topic alone.
+    broker
+        .create_topic("existing", Some(1), &Default::default(), false)
+        .unwrap();
+    env.declare("existing", true, stream_args());
+    env.m()
+        .delete_queue("/", "existing", false, false, C1)
+        .unwrap();
+    assert!(broker.topic("existing").is_some());
+}
