@@ -9,6 +9,8 @@ mod common;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
 use amq_protocol::types::FieldTable;
+use std::io::Write;
+
 use common::Server;
 use common::amqp::{Amqp, HEADER, Login};
 
@@ -441,6 +443,54 @@ fn heartbeats_both_ways() {
             (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => break,
             _ => continue,
         }
+    }
+    still_serving(&mut server);
+}
+
+/// Random frames (valid headers, random payloads and ids) after a real
+/// handshake: every connection ends with a close or an error reply, never
+/// a crash, and the server keeps serving.
+#[test]
+fn random_frames_never_take_the_server_down() {
+    let (_dir, mut server) = server();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..40 {
+        let mut c = Amqp::handshake(server.amqp(), &Login::default());
+        c.open_channel(1);
+        for _ in 0..20 {
+            let kind = [1u8, 1, 1, 2, 3, 8][(next() % 6) as usize];
+            let channel = (next() % 3) as u16;
+            let len = (next() % 64) as usize;
+            let mut payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if kind == 1 && payload.len() >= 4 && next() % 2 == 0 {
+                // A known class and method id, so the arguments get parsed.
+                let (class, method) = [
+                    (50u16, 10u16),
+                    (40, 10),
+                    (60, 20),
+                    (60, 40),
+                    (60, 80),
+                    (20, 40),
+                ][(next() % 6) as usize];
+                payload[..2].copy_from_slice(&class.to_be_bytes());
+                payload[2..4].copy_from_slice(&method.to_be_bytes());
+            }
+            let mut f = vec![kind];
+            f.extend_from_slice(&channel.to_be_bytes());
+            f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            f.extend_from_slice(&payload);
+            f.push(0xCE);
+            if c.stream.write_all(&f).is_err() {
+                break;
+            }
+        }
+        drop(c);
     }
     still_serving(&mut server);
 }
