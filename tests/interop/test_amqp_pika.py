@@ -631,3 +631,39 @@ def test_exchange_to_exchange_binding_and_alternate_exchange(ferry):
     assert [b for _, _, b in get_all(ch, qa, 1)] == [b"to-ae"]
     assert ch.basic_get(q)[0] is None
     conn.close()
+
+
+@pytest.mark.xfail(
+    reason="engine: a waiting lower-priority consumer is never woken once the higher-priority one is full "
+    "(crates/ferry-core/src/messaging/REQUESTS.md, item 4)",
+    strict=False,
+)
+def test_consumer_priorities(ferry):
+    """The x-priority 10 consumer gets every message while it has prefetch
+    room; the priority-0 one gets the rest."""
+    conn = connect(ferry)
+    ch = conn.channel()
+    q = ch.queue_declare("prio-consumers").method.queue
+    ch.basic_qos(prefetch_count=5)
+    low, high = [], []
+    ch.basic_consume(q, lambda c, m, p, b: low.append(b), arguments={"x-priority": 0})
+    ch.basic_consume(q, lambda c, m, p, b: high.append(b), arguments={"x-priority": 10})
+    for i in range(8):
+        ch.basic_publish("", q, f"m{i}".encode())
+    wait_for(lambda: (conn.process_data_events(time_limit=0.05), len(low) + len(high) == 8)[1], 10, "8 deliveries")
+    assert high == [f"m{i}".encode() for i in range(5)]
+    assert low == [f"m{i}".encode() for i in range(5, 8)]
+    conn.close()
+
+
+def test_basic_recover_redelivers_unacked(ferry):
+    conn = connect(ferry)
+    ch = conn.channel()
+    q = ch.queue_declare("recover").method.queue
+    ch.basic_publish("", q, b"once")
+    method, _, body = ch.basic_get(q)
+    assert (body, method.redelivered) == (b"once", False)
+    ch.basic_recover(requeue=True)
+    method, _, body = get_all(ch, q, 1)[0]
+    assert (body, method.redelivered) == (b"once", True)
+    conn.close()
