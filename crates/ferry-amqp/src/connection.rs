@@ -2013,7 +2013,16 @@ impl Conn {
                     &delivery.message.exchange,
                     &delivery.message.routing_key,
                 );
-                let props = delivery_properties(&delivery, stream.then_some(delivery.id));
+                // Stream queues add x-stream-offset as the last header; the
+                // properties get it too (as RabbitMQ's stream deliveries do).
+                let engine_offset = match delivery.message.headers.last() {
+                    Some((k, FieldValue::Int(n))) if k == "x-stream-offset" && *n >= 0 => {
+                        Some(*n as u64)
+                    }
+                    _ => None,
+                };
+                let offset = engine_offset.or(stream.then_some(delivery.id));
+                let props = delivery_properties(&delivery, offset);
                 frame::put_content(
                     &mut self.out,
                     channel,
