@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -192,8 +191,6 @@ pub(crate) struct QueueInner {
     clock: Arc<dyn Clock>,
     /// Persistent messages wait for an fsync before their confirm.
     sync_persistent: bool,
-    /// Bumped by every append, for the timer's flushes.
-    appends: AtomicU64,
     /// Set for stream queues: the log is read by each consumer from its own
     /// offset and nothing is ever settled.
     pub stream: Option<StreamInfo>,
@@ -321,7 +318,6 @@ impl QueueInner {
             }),
             shared,
             clock,
-            appends: AtomicU64::new(0),
             stream: None,
         });
         {
@@ -401,7 +397,6 @@ impl QueueInner {
             }),
             shared,
             clock,
-            appends: AtomicU64::new(0),
             stream: Some(stream),
         })
     }
@@ -642,6 +637,7 @@ impl QueueInner {
             }
             let rec = match self.fill_readahead(st).and_then(|()| self.load(st, c)) {
                 Ok(rec) => rec,
+                Err(_) if self.check_discard(st) => continue,
                 Err(e) => {
                     // Undeliverable bytes must not wedge the queue.
                     tracing::error!(queue = %self.cfg.name, offset = c, error = %e, "dropping an unreadable message");
@@ -659,9 +655,21 @@ impl QueueInner {
         }
     }
 
+    /// Whether the log lost its unsynced tail (a failed fsync); if so the
+    /// queue forgets those messages too.
+    fn check_discard(&self, st: &mut State) -> bool {
+        let end = u64::try_from(self.log.log_end_offset()).unwrap_or(0);
+        if end < st.log_end {
+            self.forget_from(st, end);
+            return true;
+        }
+        false
+    }
+
     fn load_or_drop(&self, st: &mut State, offset: u64) -> Option<Loaded> {
         match self.load(st, offset) {
             Ok(rec) => Some(self.loaded(offset, &rec)),
+            Err(_) if self.check_discard(st) => None,
             Err(e) => {
                 tracing::error!(queue = %self.cfg.name, offset, error = %e, "dropping an unreadable message");
                 self.settle(st, offset, 0);
@@ -877,9 +885,12 @@ impl QueueInner {
             }
         }
         let info = self.log.append(batch).map_err(storage)?;
-        self.appends.fetch_add(1, Ordering::Relaxed);
         let offset = u64::try_from(info.base_offset).unwrap_or(0);
-        debug_assert_eq!(offset, st.log_end, "queue offsets are contiguous");
+        if offset < st.log_end {
+            // A failed fsync made the log discard what it had not synced;
+            // those offsets are about to be reused.
+            self.forget_from(&mut st, offset);
+        }
         st.log_end = u64::try_from(info.last_offset).unwrap_or(offset) + 1;
         st.unsettled += 1;
         st.unsettled_bytes += body_bytes;
@@ -1221,7 +1232,45 @@ impl QueueInner {
         outcome
     }
 
+    /// Forgets every message at or above `end`: the log discarded them
+    /// (a failed fsync). The journal is rewritten, since its records about
+    /// those offsets would describe the new messages that reuse them.
+    fn forget_from(&self, st: &mut State, end: u64) {
+        tracing::warn!(
+            queue = %self.cfg.name,
+            from = end,
+            to = st.log_end,
+            "messages discarded by the log after a failed fsync are gone from the queue"
+        );
+        let gone =
+            (st.log_end.saturating_sub(end)).saturating_sub(st.settled.count_in(end, st.log_end));
+        st.unsettled = st.unsettled.saturating_sub(gone);
+        st.settled.truncate_from(end);
+        st.requeued.retain(|o| *o < end);
+        for level in st.levels.iter_mut() {
+            level.retain(|o| *o < end);
+        }
+        st.delayed.retain(|(_, o)| *o < end);
+        st.expiries.retain(|(_, o)| *o < end);
+        let dropped: Vec<u64> = st.in_flight.keys().copied().filter(|o| *o >= end).collect();
+        for o in dropped {
+            if let Some(f) = st.in_flight.remove(&o) {
+                st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
+            }
+        }
+        st.counts.retain(|o, _| *o < end);
+        st.readahead.clear();
+        st.cursor = st.cursor.min(end);
+        st.low_water = st.low_water.min(end);
+        st.log_end = end;
+        self.compact(st, true);
+    }
+
     fn compact_if_needed(&self, st: &mut State) {
+        self.compact(st, false);
+    }
+
+    fn compact(&self, st: &mut State, force: bool) {
         let records = 1 + st.settled.range_count() + st.counts.len() + st.in_flight.len();
         let State {
             journal,
@@ -1235,7 +1284,7 @@ impl QueueInner {
         let Some(j) = journal.as_mut() else {
             return;
         };
-        if !j.wants_compaction(records) {
+        if !force && !j.wants_compaction(records) {
             return;
         }
         let delivered = counts.iter().map(|(o, c)| (*o, *c)).chain(

@@ -83,6 +83,26 @@ impl RangeSet {
         }
     }
 
+    /// Forgets every value at or above `x`.
+    pub fn truncate_from(&mut self, x: u64) {
+        let doomed: Vec<(u64, u64)> = self
+            .ranges
+            .range(..)
+            .rev()
+            .take_while(|(_, e)| **e > x)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (s, e) in doomed {
+            self.ranges.remove(&s);
+            if s < x {
+                self.ranges.insert(s, x);
+                self.len -= e - x;
+            } else {
+                self.len -= e - s;
+            }
+        }
+    }
+
     /// The smallest value at or above `x` not in the set.
     pub fn first_absent_from(&self, x: u64) -> u64 {
         match self.ranges.range(..=x).next_back() {
@@ -129,6 +149,7 @@ mod tests {
                         prop_assert_eq!(added as usize, m.len() - before);
                     }
                     2 => { r.remove_below(x); m = m.split_off(&x); }
+                    3 if w == 0 => { r.truncate_from(x); m.retain(|v| *v < x); }
                     _ => {
                         let mut y = x;
                         while m.contains(&y) { y += 1; }

@@ -1345,3 +1345,57 @@ async fn a_stream_queue_is_a_kafka_topic() {
         .unwrap();
     assert!(broker.topic("existing").is_some());
 }
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Ready messages of a FIFO queue cost no memory: run with
+/// `cargo test --release -p ferry-core ready_messages_stay_on_disk -- --ignored --nocapture`
+/// (FERRY_MEMORY_TEST_MESSAGES sets the count; default 1 million).
+#[test]
+#[ignore = "slow: publishes a million messages"]
+fn ready_messages_stay_on_disk() {
+    let n: u64 = std::env::var("FERRY_MEMORY_TEST_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let env = Env::new();
+    env.declare("big", true, vec![]);
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let before = rss_bytes();
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let mut m = msg("", "big", "");
+        m.body = payload.clone();
+        env.m().publish("/", m).unwrap();
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let after = rss_bytes();
+    let q = env.queue("big");
+    assert_eq!(q.info().message_count, n);
+    let started = std::time::Instant::now();
+    let mut got = 0u64;
+    while let Some(d) = q.get(false).unwrap() {
+        q.ack(d.id).unwrap();
+        got += 1;
+    }
+    let consume_s = started.elapsed().as_secs_f64();
+    env.m().run_timers_once();
+    println!(
+        "{n} messages: rss +{} MiB after publishing ({:.0} msg/s publish, {:.0} msg/s get+ack), disk {} MiB after draining",
+        (after.saturating_sub(before)) >> 20,
+        n as f64 / publish_s,
+        got as f64 / consume_s,
+        q.disk_bytes() >> 20
+    );
+    assert_eq!(got, n);
+    assert!(after.saturating_sub(before) < 64 << 20);
+}
