@@ -849,10 +849,21 @@ impl QueueInner {
         if st.ready() == 0 {
             return;
         }
-        if let Pick::Consumer(k) = self.pick(st, Instant::now())
-            && let Some(c) = st.consumers.iter().find(|c| c.key == k)
-        {
-            c.notify.notify_one();
+        match self.pick(st, Instant::now()) {
+            Pick::Consumer(k) => {
+                if let Some(c) = st.consumers.iter().find(|c| c.key == k) {
+                    c.notify.notify_one();
+                }
+            }
+            // A higher-priority consumer may be out of prefetch room: the
+            // waiting ones must look again once its grace has passed, so
+            // they are woken to sleep until then.
+            Pick::Blocked(_) => {
+                for c in st.consumers.iter().filter(|c| c.waiting) {
+                    c.notify.notify_one();
+                }
+            }
+            Pick::Nobody => {}
         }
     }
 

@@ -696,6 +696,40 @@ async fn higher_priority_consumers_go_first() {
     assert_eq!(body(&next(&mut low).await.unwrap()), "3");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_high_priority_consumer_lets_lower_ones_take_over() {
+    let env = Env::new();
+    env.declare("q", false, vec![]);
+    let q = env.queue("q");
+    let mut spec = consumer_spec("high");
+    spec.priority = 10;
+    let mut high = q.consume(spec).unwrap();
+    let mut low = q.consume(consumer_spec("low")).unwrap();
+    // The low-priority consumer waits before anything is published.
+    let low_task = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(body(&next(&mut low).await.unwrap()));
+        }
+        got
+    });
+    // The high-priority one has room for five (prefetch 5) and then stops.
+    let high_task = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(body(&next(&mut high).await.unwrap()));
+        }
+        (got, high)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..8 {
+        env.publish("", "q", &format!("m{i}"));
+    }
+    let (high_got, _high) = high_task.await.unwrap();
+    assert_eq!(high_got, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(low_task.await.unwrap(), ["m5", "m6", "m7"]);
+}
+
 #[tokio::test]
 async fn single_active_consumer() {
     let env = Env::new();
