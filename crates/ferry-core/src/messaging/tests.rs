@@ -1380,6 +1380,108 @@ async fn a_stream_queue_is_a_kafka_topic() {
     assert!(broker.topic("existing").is_some());
 }
 
+mod priority_model {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish(u8),
+        Get,
+        Ack(usize),
+        Requeue(usize),
+        Restart { crash: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..6).prop_map(Op::Publish),
+            3 => Just(Op::Get),
+            2 => any::<usize>().prop_map(Op::Ack),
+            2 => any::<usize>().prop_map(Op::Requeue),
+            1 => any::<bool>().prop_map(|crash| Op::Restart { crash }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// A priority queue (x-max-priority 3) delivers the highest
+        /// (capped) priority first, oldest first within a priority, also
+        /// after requeues and restarts, which rebuild its indexes.
+        #[test]
+        fn priority_queue_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut env = Env::new();
+            let args = vec![arg("x-max-priority", FieldValue::Int(3))];
+            env.declare("p", true, args);
+            // (Reverse priority, id): the next to deliver first.
+            let mut ready: BTreeSet<(std::cmp::Reverse<u8>, u64)> = BTreeSet::new();
+            let mut in_flight: Vec<(u8, u64)> = Vec::new();
+            let mut published = 0u64;
+            for op in ops {
+                let q = env.queue("p");
+                match op {
+                    Op::Publish(prio) => {
+                        let mut m = msg("", "p", &published.to_string());
+                        m.priority = prio;
+                        env.m().publish("/", m).unwrap();
+                        ready.insert((std::cmp::Reverse(prio.min(3)), published));
+                        published += 1;
+                    }
+                    Op::Get => {
+                        let got = q.get(false).unwrap();
+                        match ready.pop_first() {
+                            None => prop_assert!(got.is_none()),
+                            Some((std::cmp::Reverse(p), id)) => {
+                                let d = got.unwrap();
+                                prop_assert_eq!(d.id, id);
+                                in_flight.push((p, id));
+                            }
+                        }
+                    }
+                    Op::Ack(i) if !in_flight.is_empty() => {
+                        let (_, id) = in_flight.remove(i % in_flight.len());
+                        q.ack(id).unwrap();
+                    }
+                    Op::Requeue(i) if !in_flight.is_empty() => {
+                        let (p, id) = in_flight.remove(i % in_flight.len());
+                        q.reject(id, true).unwrap();
+                        ready.insert((std::cmp::Reverse(p), id));
+                    }
+                    Op::Ack(_) | Op::Requeue(_) => {}
+                    Op::Restart { crash } => {
+                        drop(q);
+                        if crash { env.crash() } else { env.restart() }
+                        for (p, id) in in_flight.drain(..) {
+                            ready.insert((std::cmp::Reverse(p), id));
+                        }
+                    }
+                }
+                prop_assert_eq!(env.queue("p").info().message_count, ready.len() as u64);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn confirms_wait_for_persistent_messages_to_durable_queues_only() {
+    let env = Env::new();
+    env.declare("durable", true, vec![]);
+    env.declare("transient", false, vec![]);
+    let p = env.m().publish("/", msg("", "durable", "x")).unwrap();
+    assert!(!p.pending.is_empty());
+    p.pending.durable().await.unwrap();
+    let mut m = msg("", "durable", "y");
+    m.persistent = false;
+    assert!(env.m().publish("/", m).unwrap().pending.is_empty());
+    let p = env.m().publish("/", msg("", "transient", "z")).unwrap();
+    assert!(p.pending.is_empty());
+    p.pending.durable().await.unwrap();
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
