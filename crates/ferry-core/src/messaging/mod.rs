@@ -542,6 +542,82 @@ impl Queue {
         self.inner.purge()
     }
 
+    /// Takes the next ready message for at most `visibility` (SQS
+    /// ReceiveMessage): unless acked, or given more time with
+    /// [`Queue::set_visibility`], it comes back to the queue then, counted
+    /// as a failed delivery (`x-delivery-limit` applies: SQS's
+    /// maxReceiveCount with a dead-letter target).
+    pub fn receive(&self, visibility: Duration) -> Result<Option<Delivery>, MessagingError> {
+        self.inner.receive(visibility)
+    }
+
+    /// A new visibility deadline, from now, for a delivery (SQS
+    /// ChangeMessageVisibility); zero returns it to the queue at once.
+    pub fn set_visibility(&self, id: u64, visibility: Duration) -> Result<(), MessagingError> {
+        self.inner.set_visibility(id, visibility)
+    }
+
+    /// Appends a message to this queue directly, without routing (SQS
+    /// SendMessage), ready after `delay` if one is given (DelaySeconds).
+    pub fn send(
+        &self,
+        mut message: Message,
+        delay: Option<Duration>,
+    ) -> Result<Published, MessagingError> {
+        let shared = self.inner.shared().upgrade();
+        let now = shared
+            .as_ref()
+            .map_or_else(|| self.inner.now_ms(), |s| s.clock.now_ms());
+        if message.published_ms == 0 {
+            message.published_ms = now;
+        }
+        let at = delay
+            .filter(|d| !d.is_zero())
+            .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+        let batch = codec::encode_batch(&message, at, now);
+        let meta = codec::Meta {
+            persistent: message.persistent,
+            priority: message.priority,
+            ttl_ms: message
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            deliver_at_ms: at,
+        };
+        let mut outbox = Vec::new();
+        let appended = self
+            .inner
+            .append(&batch, &meta, message.body.len() as u64, &mut outbox);
+        self.inner.finish(outbox);
+        match appended? {
+            queue::Appended::Stored(wait) => Ok(Published {
+                routed: 1,
+                pending: PendingDurability {
+                    waits: wait
+                        .map(|info| vec![(self.inner.log.clone(), info)])
+                        .unwrap_or_default(),
+                },
+            }),
+            queue::Appended::Refused { dead_letter } => {
+                if dead_letter && let Some(shared) = shared {
+                    shared.dead_letter(
+                        &self.inner.cfg,
+                        &[queue::DeadLetter {
+                            offset: 0,
+                            message,
+                            reason: DeathReason::Maxlen,
+                        }],
+                    );
+                }
+                Err(MessagingError::QueueFull(self.inner.cfg.name.clone()))
+            }
+            queue::Appended::Gone => Err(MessagingError::NotFound {
+                kind: "queue",
+                name: self.inner.cfg.name.clone(),
+                vhost: self.inner.cfg.vhost.clone(),
+            }),
+        }
+    }
+
     /// Whether the queue keeps its messages across restarts (durable and not
     /// exclusive).
     pub fn is_durable(&self) -> bool {

@@ -95,6 +95,9 @@ struct InFlight {
     priority: u8,
     /// Held while being published to the dead-letter exchange.
     dead_lettering: bool,
+    /// Returned to the queue at this time unless settled (a visibility
+    /// timeout, as SQS has).
+    deadline: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -143,6 +146,9 @@ pub(crate) struct State {
     levels: Vec<BTreeSet<u64>>,
     delayed: BTreeSet<(i64, u64)>,
     expiries: BTreeSet<(i64, u64)>,
+    /// Visibility deadlines of in-flight deliveries (stale entries are
+    /// skipped: the in-flight entry's own deadline decides).
+    deadlines: BTreeSet<(i64, u64)>,
     in_flight: HashMap<u64, InFlight>,
     in_flight_bytes: u64,
     counts: HashMap<u64, u32>,
@@ -302,6 +308,7 @@ impl QueueInner {
                 levels,
                 delayed: BTreeSet::new(),
                 expiries: BTreeSet::new(),
+                deadlines: BTreeSet::new(),
                 in_flight: HashMap::new(),
                 in_flight_bytes: 0,
                 counts: js.delivered,
@@ -381,6 +388,7 @@ impl QueueInner {
                 levels: Vec::new(),
                 delayed: BTreeSet::new(),
                 expiries: BTreeSet::new(),
+                deadlines: BTreeSet::new(),
                 in_flight: HashMap::new(),
                 in_flight_bytes: 0,
                 counts: HashMap::new(),
@@ -738,6 +746,7 @@ impl QueueInner {
                     expires_at: None,
                     priority: 0,
                     dead_lettering: true,
+                    deadline: None,
                 },
             );
             st.in_flight_bytes += l.bytes;
@@ -758,7 +767,13 @@ impl QueueInner {
     }
 
     /// The next deliverable message, expiring what has expired on the way.
-    fn take(&self, st: &mut State, no_ack: bool, outbox: &mut Vec<DeadLetter>) -> Option<Delivery> {
+    fn take(
+        &self,
+        st: &mut State,
+        no_ack: bool,
+        visibility_ms: Option<u64>,
+        outbox: &mut Vec<DeadLetter>,
+    ) -> Option<Delivery> {
         let now = self.clock.now_ms();
         loop {
             let l = self.pop_ready(st)?;
@@ -783,6 +798,11 @@ impl QueueInner {
                         expires_at,
                         priority: self.effective_priority(&l.meta),
                         dead_lettering: false,
+                        deadline: visibility_ms.map(|v| {
+                            let at = now.saturating_add(i64::try_from(v).unwrap_or(i64::MAX));
+                            st.deadlines.insert((at, l.offset));
+                            at
+                        }),
                     },
                 );
                 st.in_flight_bytes += l.bytes;
@@ -986,7 +1006,7 @@ impl QueueInner {
                 return Err(self.gone());
             }
             st.last_used_ms = self.clock.now_ms();
-            let d = self.take(&mut st, no_ack, &mut outbox);
+            let d = self.take(&mut st, no_ack, None, &mut outbox);
             self.commit(&mut st);
             d
         };
@@ -1035,38 +1055,116 @@ impl QueueInner {
                 Some(f) if !f.dead_lettering => *f,
                 _ => return Err(Self::unknown_tag(id)),
             };
-            st.in_flight.remove(&id);
-            st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
-            let over_limit = self
-                .cfg
-                .args
-                .delivery_limit
-                .is_some_and(|limit| u64::from(f.count) > limit);
-            if requeue && !over_limit && !st.closed {
-                st.counts.insert(id, f.count);
-                self.make_ready(&mut st, id, f.priority);
-                if let Some(at) = f.expires_at {
-                    st.expiries.insert((at, id));
-                }
-                self.notify_next(&st);
+            self.return_in_flight(&mut st, id, f, requeue, &mut outbox);
+            self.commit(&mut st);
+        }
+        self.finish(outbox);
+        Ok(())
+    }
+
+    /// Takes a delivery back: ready again (`requeue`, unless past the
+    /// delivery limit), or dead-lettered/dropped.
+    fn return_in_flight(
+        &self,
+        st: &mut State,
+        id: u64,
+        f: InFlight,
+        requeue: bool,
+        outbox: &mut Vec<DeadLetter>,
+    ) {
+        st.in_flight.remove(&id);
+        st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
+        let over_limit = self
+            .cfg
+            .args
+            .delivery_limit
+            .is_some_and(|limit| u64::from(f.count) > limit);
+        if requeue && !over_limit && !st.closed {
+            st.counts.insert(id, f.count);
+            self.make_ready(st, id, f.priority);
+            if let Some(at) = f.expires_at {
+                st.expiries.insert((at, id));
+            }
+            self.notify_next(st);
+        } else {
+            let reason = if requeue {
+                DeathReason::DeliveryLimit
             } else {
-                let reason = if requeue {
-                    DeathReason::DeliveryLimit
-                } else {
-                    DeathReason::Rejected
-                };
-                if self.cfg.args.dead_letter_exchange.is_some() {
-                    if let Some(l) = self.load_or_drop(&mut st, id) {
-                        self.discard(&mut st, l, reason, &mut outbox);
-                    }
-                } else {
-                    self.settle(&mut st, id, f.bytes);
+                DeathReason::Rejected
+            };
+            if self.cfg.args.dead_letter_exchange.is_some() {
+                if let Some(l) = self.load_or_drop(st, id) {
+                    self.discard(st, l, reason, outbox);
                 }
+            } else {
+                self.settle(st, id, f.bytes);
+            }
+        }
+    }
+
+    /// Takes the next ready message for at most `visibility`: unless acked
+    /// (or its visibility changed) by then, it is returned to the queue as a
+    /// rejected-with-requeue delivery would be (SQS's visibility timeout).
+    pub fn receive(&self, visibility: Duration) -> Result<Option<Delivery>, MessagingError> {
+        if self.is_stream() {
+            return Err(self.not_for_streams("receive"));
+        }
+        let mut outbox = Vec::new();
+        let d = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(self.gone());
+            }
+            st.last_used_ms = self.clock.now_ms();
+            let ms = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
+            let d = self.take(&mut st, false, Some(ms), &mut outbox);
+            self.commit(&mut st);
+            d
+        };
+        self.finish(outbox);
+        Ok(d)
+    }
+
+    /// Gives an in-flight delivery a new visibility deadline from now; zero
+    /// returns it to the queue at once.
+    pub fn set_visibility(&self, id: u64, visibility: Duration) -> Result<(), MessagingError> {
+        let mut outbox = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let now = self.clock.now_ms();
+            let at = now.saturating_add(i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX));
+            let f = match st.in_flight.get_mut(&id) {
+                Some(f) if !f.dead_lettering => {
+                    f.deadline = Some(at);
+                    *f
+                }
+                _ => return Err(Self::unknown_tag(id)),
+            };
+            if visibility.is_zero() {
+                self.return_in_flight(&mut st, id, f, true, &mut outbox);
+            } else {
+                st.deadlines.insert((at, id));
             }
             self.commit(&mut st);
         }
         self.finish(outbox);
         Ok(())
+    }
+
+    /// Returns in-flight deliveries whose visibility deadline has passed.
+    fn return_overdue(&self, st: &mut State, now: i64, outbox: &mut Vec<DeadLetter>) {
+        while let Some(&(at, id)) = st.deadlines.first() {
+            if at > now {
+                break;
+            }
+            st.deadlines.pop_first();
+            if let Some(f) = st.in_flight.get(&id).copied()
+                && f.deadline == Some(at)
+                && !f.dead_lettering
+            {
+                self.return_in_flight(st, id, f, true, outbox);
+            }
+        }
     }
 
     pub fn purge(&self) -> Result<u64, MessagingError> {
@@ -1154,6 +1252,10 @@ impl QueueInner {
         }
     }
 
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     pub fn shared(&self) -> Weak<Shared> {
         self.shared.clone()
     }
@@ -1199,6 +1301,7 @@ impl QueueInner {
                 self.make_ready(&mut st, o, p);
                 woke = true;
             }
+            self.return_overdue(&mut st, now, &mut outbox);
             self.expire_due(&mut st, now, &mut outbox);
             if woke {
                 self.notify_next(&st);
@@ -1263,6 +1366,7 @@ impl QueueInner {
         }
         st.delayed.retain(|(_, o)| *o < end);
         st.expiries.retain(|(_, o)| *o < end);
+        st.deadlines.retain(|(_, o)| *o < end);
         let dropped: Vec<u64> = st.in_flight.keys().copied().filter(|o| *o >= end).collect();
         for o in dropped {
             if let Some(f) = st.in_flight.remove(&o) {
@@ -1477,7 +1581,7 @@ impl QueueInner {
         let now = Instant::now();
         match self.pick(&st, now) {
             Pick::Consumer(k) if k == key => {
-                let d = self.take(&mut st, no_ack, outbox);
+                let d = self.take(&mut st, no_ack, None, outbox);
                 self.commit(&mut st);
                 match d {
                     Some(d) => {

@@ -1482,6 +1482,46 @@ async fn confirms_wait_for_persistent_messages_to_durable_queues_only() {
     p.pending.durable().await.unwrap();
 }
 
+#[tokio::test]
+async fn visibility_timeouts_and_delayed_sends_for_sqs() {
+    let env = Env::new();
+    env.declare("dlq", true, vec![]);
+    env.declare(
+        "sqs",
+        true,
+        dlx_args(vec![arg("x-delivery-limit", FieldValue::Int(1))]),
+    );
+    let q = env.queue("sqs");
+    q.send(msg("", "ignored", "now"), None).unwrap();
+    q.send(msg("", "ignored", "later"), Some(Duration::from_millis(80)))
+        .unwrap();
+    assert_eq!(q.info().message_count, 1);
+    let d = q.receive(Duration::from_millis(30)).unwrap().unwrap();
+    assert_eq!(body(&d), "now");
+    assert!(q.receive(Duration::from_millis(30)).unwrap().is_none());
+    // Not acked in time: back, counted as a failed delivery.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.m().run_timers_once();
+    let again = q.receive(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!(
+        (body(&again), again.delivery_count, again.redelivered),
+        ("now".into(), 2, true)
+    );
+    // More time, then none: returned at once, and past the limit of 1 it is
+    // dead-lettered instead.
+    q.set_visibility(again.id, Duration::from_secs(120))
+        .unwrap();
+    q.set_visibility(again.id, Duration::ZERO).unwrap();
+    assert_eq!(env.bodies("dlq"), ["now"]);
+    assert!(q.set_visibility(again.id, Duration::ZERO).is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.m().run_timers_once();
+    let later = q.receive(Duration::from_secs(1)).unwrap().unwrap();
+    assert_eq!(body(&later), "later");
+    q.ack(later.id).unwrap();
+    assert_eq!(q.unsettled(), 0);
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
