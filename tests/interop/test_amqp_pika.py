@@ -633,11 +633,6 @@ def test_exchange_to_exchange_binding_and_alternate_exchange(ferry):
     conn.close()
 
 
-@pytest.mark.xfail(
-    reason="engine: a waiting lower-priority consumer is never woken once the higher-priority one is full "
-    "(crates/ferry-core/src/messaging/REQUESTS.md, item 4)",
-    strict=False,
-)
 def test_consumer_priorities(ferry):
     """The x-priority 10 consumer gets every message while it has prefetch
     room; the priority-0 one gets the rest."""
