@@ -358,3 +358,34 @@ async fn an_emptied_group_keeps_its_protocol_type_across_restarts() {
     );
     assert_eq!(c.list_groups()[0].protocol_type, "consumer");
 }
+
+#[tokio::test]
+async fn a_heartbeat_after_a_peer_session_lapsed_reports_the_rebalance_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = coordinator(dir.path());
+    let (a, join_a) = first_join(&c).await;
+    join_a.await.unwrap().unwrap();
+    sync(&c, &a, 1, vec![]).await.unwrap();
+    let (b, join_b) = first_join(&c).await;
+    tokio::task::yield_now().await;
+    c.join(join_req(&a, None)).await.unwrap();
+    join_b.await.unwrap().unwrap();
+    let c2 = c.clone();
+    let b2 = b.clone();
+    let follower = tokio::spawn(async move { sync(&c2, &b2, 2, vec![]).await });
+    tokio::task::yield_now().await;
+    sync(&c, &a, 2, vec![]).await.unwrap();
+    follower.await.unwrap().unwrap();
+    // `b` dies silently; `a` keeps heartbeating. No timer tick runs here:
+    // the heartbeat itself must notice that b's 10 s session has lapsed.
+    {
+        let group = c.group("g").unwrap();
+        let mut g = lock(&group);
+        let past = Instant::now() - Duration::from_secs(11);
+        g.members.get_mut(&b).unwrap().last_heartbeat = past;
+    }
+    assert_eq!(
+        c.heartbeat("g", &a, None, 2),
+        Err(GroupError::RebalanceInProgress)
+    );
+}
