@@ -206,6 +206,18 @@ pub struct QueueInfo {
     pub consumer_count: u32,
 }
 
+/// How many messages a queue holds, by state (SQS's
+/// ApproximateNumberOfMessages, ...NotVisible, ...Delayed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    /// Ready to be delivered now.
+    pub ready: u64,
+    /// Delivered and not settled yet.
+    pub in_flight: u64,
+    /// Held back until their delivery time.
+    pub delayed: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerSpec {
     /// Unique within the queue.
@@ -555,6 +567,41 @@ impl Queue {
     /// ChangeMessageVisibility); zero returns it to the queue at once.
     pub fn set_visibility(&self, id: u64, visibility: Duration) -> Result<(), MessagingError> {
         self.inner.set_visibility(id, visibility)
+    }
+
+    /// Takes up to `max` ready messages at once, each for at most
+    /// `visibility` (like [`Queue::receive`]), skipping those `accept` turns
+    /// down: they stay ready, in their place, and do not count as
+    /// deliveries. At most `scan_max` messages are examined. SQS FIFO queues
+    /// pass over the message groups that have a message in flight this way.
+    pub fn receive_batch(
+        &self,
+        visibility: Duration,
+        max: usize,
+        scan_max: usize,
+        accept: &mut dyn FnMut(&Message) -> bool,
+    ) -> Result<Vec<Delivery>, MessagingError> {
+        self.inner.receive_batch(visibility, max, scan_max, accept)
+    }
+
+    /// Woken (`notify_waiters`) whenever messages become ready: appended,
+    /// returned after a visibility timeout, delayed ones coming due. A
+    /// poller that is not a consumer (an SQS long poll) creates and
+    /// `enable()`s a `notified()` future *before* it tries to receive, then
+    /// awaits it if there was nothing.
+    pub fn receivers(&self) -> &Notify {
+        &self.inner.receivers
+    }
+
+    /// The delivery count of an in-flight delivery; `None` when `id` is not
+    /// in flight (settled, or back in the queue).
+    pub fn in_flight_count(&self, id: u64) -> Option<u32> {
+        self.inner.in_flight_count(id)
+    }
+
+    /// Messages by state: ready, in flight, delayed.
+    pub fn counts(&self) -> QueueCounts {
+        self.inner.counts()
     }
 
     /// Appends a message to this queue directly, without routing (SQS

@@ -200,6 +200,9 @@ pub(crate) struct QueueInner {
     /// Set for stream queues: the log is read by each consumer from its own
     /// offset and nothing is ever settled.
     pub stream: Option<StreamInfo>,
+    /// Woken (every waiter) whenever messages become ready: pollers that
+    /// are not consumers (SQS long polls) wait on it.
+    pub receivers: Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +329,7 @@ impl QueueInner {
             shared,
             clock,
             stream: None,
+            receivers: Notify::new(),
         });
         {
             let mut st = lock(&inner.state);
@@ -406,6 +410,7 @@ impl QueueInner {
             shared,
             clock,
             stream: Some(stream),
+            receivers: Notify::new(),
         })
     }
 
@@ -781,42 +786,56 @@ impl QueueInner {
                 self.discard(st, l, DeathReason::Expired, outbox);
                 continue;
             }
-            let count = st.counts.remove(&l.offset).unwrap_or(0).saturating_add(1);
-            if no_ack {
-                self.settle(st, l.offset, l.bytes);
+            return Some(self.deliver_loaded(st, l, no_ack, visibility_ms, now));
+        }
+    }
+
+    /// Hands a message taken out of the ready structures to its receiver:
+    /// settled at once (`no_ack`) or in flight, with a visibility deadline
+    /// if one is given.
+    fn deliver_loaded(
+        &self,
+        st: &mut State,
+        l: Loaded,
+        no_ack: bool,
+        visibility_ms: Option<u64>,
+        now: i64,
+    ) -> Delivery {
+        let count = st.counts.remove(&l.offset).unwrap_or(0).saturating_add(1);
+        if no_ack {
+            self.settle(st, l.offset, l.bytes);
+        } else {
+            let expires_at = if l.meta.ttl_ms.is_some() {
+                self.expiry_of(&l.meta, l.enqueued_ms)
             } else {
-                let expires_at = if l.meta.ttl_ms.is_some() {
-                    self.expiry_of(&l.meta, l.enqueued_ms)
-                } else {
-                    None
-                };
-                st.in_flight.insert(
-                    l.offset,
-                    InFlight {
-                        count,
-                        bytes: l.bytes,
-                        expires_at,
-                        priority: self.effective_priority(&l.meta),
-                        dead_lettering: false,
-                        deadline: visibility_ms.map(|v| {
-                            let at = now.saturating_add(i64::try_from(v).unwrap_or(i64::MAX));
-                            st.deadlines.insert((at, l.offset));
-                            at
-                        }),
-                    },
-                );
-                st.in_flight_bytes += l.bytes;
-                if let Some(j) = st.journal.as_mut() {
-                    j.delivered(l.offset, count);
-                }
+                None
+            };
+            st.in_flight.insert(
+                l.offset,
+                InFlight {
+                    count,
+                    bytes: l.bytes,
+                    expires_at,
+                    priority: self.effective_priority(&l.meta),
+                    dead_lettering: false,
+                    deadline: visibility_ms.map(|v| {
+                        let at = now.saturating_add(i64::try_from(v).unwrap_or(i64::MAX));
+                        st.deadlines.insert((at, l.offset));
+                        at
+                    }),
+                },
+            );
+            st.in_flight_bytes += l.bytes;
+            if let Some(j) = st.journal.as_mut() {
+                j.delivered(l.offset, count);
             }
-            return Some(Delivery {
-                id: l.offset,
-                message: l.message,
-                redelivered: count > 1,
-                delivery_count: count,
-                remaining: st.ready(),
-            });
+        }
+        Delivery {
+            id: l.offset,
+            message: l.message,
+            redelivered: count > 1,
+            delivery_count: count,
+            remaining: st.ready(),
         }
     }
 
@@ -869,6 +888,7 @@ impl QueueInner {
         if st.ready() == 0 {
             return;
         }
+        self.receivers.notify_waiters();
         match self.pick(st, Instant::now()) {
             Pick::Consumer(k) => {
                 if let Some(c) = st.consumers.iter().find(|c| c.key == k) {
@@ -1149,6 +1169,78 @@ impl QueueInner {
         }
         self.finish(outbox);
         Ok(())
+    }
+
+    /// Takes up to `max` ready messages, each for at most `visibility`, in
+    /// delivery order. Messages `accept` turns down stay ready where they
+    /// were (not counted as deliveries); at most `scan_max` messages are
+    /// looked at. SQS FIFO queues use it to pass over message groups that
+    /// have a message in flight.
+    pub fn receive_batch(
+        &self,
+        visibility: Duration,
+        max: usize,
+        scan_max: usize,
+        accept: &mut dyn FnMut(&Message) -> bool,
+    ) -> Result<Vec<Delivery>, MessagingError> {
+        if self.is_stream() {
+            return Err(self.not_for_streams("receive"));
+        }
+        let mut outbox = Vec::new();
+        let out = {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Err(self.gone());
+            }
+            let now = self.clock.now_ms();
+            st.last_used_ms = now;
+            let ms = u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX);
+            let mut out = Vec::new();
+            let mut skipped = Vec::new();
+            let mut scanned = 0usize;
+            while out.len() < max && scanned < scan_max {
+                let Some(l) = self.pop_ready(&mut st) else {
+                    break;
+                };
+                scanned += 1;
+                if self.is_expired(&l, now) {
+                    self.discard(&mut st, l, DeathReason::Expired, &mut outbox);
+                    continue;
+                }
+                if !accept(&l.message) {
+                    skipped.push((l.offset, self.effective_priority(&l.meta)));
+                    continue;
+                }
+                out.push(self.deliver_loaded(&mut st, l, false, Some(ms), now));
+            }
+            for (offset, priority) in skipped {
+                self.make_ready(&mut st, offset, priority);
+            }
+            self.commit(&mut st);
+            out
+        };
+        self.finish(outbox);
+        Ok(out)
+    }
+
+    /// The delivery count of an in-flight delivery, `None` if `id` is not
+    /// in flight (settled, or back in the queue).
+    pub fn in_flight_count(&self, id: u64) -> Option<u32> {
+        let st = lock(&self.state);
+        st.in_flight
+            .get(&id)
+            .filter(|f| !f.dead_lettering)
+            .map(|f| f.count)
+    }
+
+    /// Ready, in-flight and delayed messages.
+    pub fn counts(&self) -> super::QueueCounts {
+        let st = lock(&self.state);
+        super::QueueCounts {
+            ready: st.ready(),
+            in_flight: st.in_flight.len() as u64,
+            delayed: st.delayed.len() as u64,
+        }
     }
 
     /// Returns in-flight deliveries whose visibility deadline has passed.

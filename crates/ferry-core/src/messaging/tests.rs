@@ -1575,3 +1575,90 @@ fn ready_messages_stay_on_disk() {
     assert_eq!(got, n);
     assert!(after.saturating_sub(before) < 64 << 20);
 }
+
+#[tokio::test]
+async fn receive_batch_skips_what_the_filter_refuses_and_keeps_its_place() {
+    let env = Env::new();
+    env.declare("fifo", true, vec![]);
+    let q = env.queue("fifo");
+    for b in ["a1", "b1", "a2", "c1", "b2"] {
+        q.send(msg("", "fifo", b), None).unwrap();
+    }
+    // Group "a" is busy: everything else, in order, up to the max.
+    let got = q
+        .receive_batch(Duration::from_secs(30), 2, 100, &mut |m| {
+            !m.body.starts_with(b"a")
+        })
+        .unwrap();
+    let bodies: Vec<String> = got.iter().map(body).collect();
+    assert_eq!(bodies, ["b1", "c1"]);
+    assert!(got.iter().all(|d| d.delivery_count == 1));
+    assert_eq!(
+        q.counts(),
+        QueueCounts {
+            ready: 3,
+            in_flight: 2,
+            delayed: 0
+        }
+    );
+    assert_eq!(q.in_flight_count(got[0].id), Some(1));
+    // The skipped ones were not delivered and come first, in log order.
+    let rest = q
+        .receive_batch(Duration::from_secs(30), 10, 100, &mut |_| true)
+        .unwrap();
+    let bodies: Vec<(String, u32)> = rest.iter().map(|d| (body(d), d.delivery_count)).collect();
+    assert_eq!(
+        bodies,
+        [("a1".into(), 1), ("a2".into(), 1), ("b2".into(), 1)]
+    );
+    q.ack(got[0].id).unwrap();
+    assert_eq!(q.in_flight_count(got[0].id), None);
+    // The scan bound: nothing accepted within it, nothing taken.
+    q.send(msg("", "fifo", "z"), None).unwrap();
+    assert!(
+        q.receive_batch(Duration::from_secs(30), 10, 1, &mut |_| false)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.counts().ready, 1);
+}
+
+#[tokio::test]
+async fn receivers_are_woken_when_messages_become_ready() {
+    let env = Env::new();
+    env.declare("poll", true, vec![]);
+    let q = env.queue("poll");
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            loop {
+                let notified = q.receivers().notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(d) = q.receive(Duration::from_secs(30)).unwrap() {
+                    return body(&d);
+                }
+                notified.await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    q.send(msg("", "poll", "wake"), None).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "wake");
+    // A delayed message coming due wakes them too (through the timer).
+    q.send(msg("", "poll", "later"), Some(Duration::from_millis(30)))
+        .unwrap();
+    assert_eq!(q.counts().delayed, 1);
+    let notified = q.receivers().notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    env.m().run_timers_once();
+    tokio::time::timeout(Duration::from_secs(1), notified)
+        .await
+        .unwrap();
+}
