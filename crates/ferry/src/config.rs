@@ -14,6 +14,9 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672";
+pub const DEFAULT_SQS_LISTEN: &str = "127.0.0.1:9324";
+pub const DEFAULT_SQS_REGION: &str = "us-east-1";
+pub const DEFAULT_SQS_ACCOUNT_ID: &str = "000000000000";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +51,18 @@ pub struct ServeArgs {
     /// Address the AMQP 0-9-1 listener binds, HOST:PORT [default: 127.0.0.1:5672]. Port 0 picks a free port.
     #[arg(long, env = "FERRY_AMQP_LISTEN", value_name = "HOST:PORT")]
     pub amqp_listen: Option<String>,
+    /// Address the SQS HTTP listener binds, HOST:PORT [default: 127.0.0.1:9324]. Port 0 picks a free port.
+    #[arg(long, env = "FERRY_SQS_LISTEN", value_name = "HOST:PORT")]
+    pub sqs_listen: Option<String>,
+    /// HOST:PORT put into SQS queue URLs [default: the Host header of each request].
+    #[arg(long, env = "FERRY_SQS_ADVERTISED", value_name = "HOST:PORT")]
+    pub sqs_advertised: Option<String>,
+    /// Region in SQS queue ARNs [default: us-east-1].
+    #[arg(long, env = "FERRY_SQS_REGION", value_name = "REGION")]
+    pub sqs_region: Option<String>,
+    /// Account id in SQS queue URLs and ARNs [default: 000000000000].
+    #[arg(long, env = "FERRY_SQS_ACCOUNT_ID", value_name = "ID")]
+    pub sqs_account_id: Option<String>,
     /// Broker-wide topic config default, KEY=VALUE (e.g. fsync.policy=never); repeatable.
     #[arg(
         long = "topic-default",
@@ -95,6 +110,8 @@ struct FileConfig {
     #[serde(default)]
     amqp: FileAmqp,
     #[serde(default)]
+    sqs: FileSqs,
+    #[serde(default)]
     topics: FileTopics,
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
@@ -127,6 +144,15 @@ struct FileAmqp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileSqs {
+    listen: Option<String>,
+    advertised: Option<String>,
+    region: Option<String>,
+    account_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileTopics {
     auto_create: Option<bool>,
     default_partitions: Option<u32>,
@@ -141,6 +167,10 @@ pub struct Settings {
     pub kafka_advertised: Option<String>,
     pub kafka_request_bytes_max: usize,
     pub amqp_listen: String,
+    pub sqs_listen: String,
+    pub sqs_advertised: Option<String>,
+    pub sqs_region: String,
+    pub sqs_account_id: String,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
@@ -210,6 +240,22 @@ impl Settings {
                 .clone()
                 .or(file.amqp.listen)
                 .unwrap_or_else(|| DEFAULT_AMQP_LISTEN.to_string()),
+            sqs_listen: args
+                .sqs_listen
+                .clone()
+                .or(file.sqs.listen)
+                .unwrap_or_else(|| DEFAULT_SQS_LISTEN.to_string()),
+            sqs_advertised: args.sqs_advertised.clone().or(file.sqs.advertised),
+            sqs_region: args
+                .sqs_region
+                .clone()
+                .or(file.sqs.region)
+                .unwrap_or_else(|| DEFAULT_SQS_REGION.to_string()),
+            sqs_account_id: args
+                .sqs_account_id
+                .clone()
+                .or(file.sqs.account_id)
+                .unwrap_or_else(|| DEFAULT_SQS_ACCOUNT_ID.to_string()),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.topics.auto_create)
@@ -335,6 +381,31 @@ default_partitions = 3
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("listen_addr"), "{err:#}");
+    }
+
+    #[test]
+    fn sqs_settings_from_flags_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[sqs]\nlisten = \"0.0.0.0:9999\"\nregion = \"eu-west-1\"\naccount_id = \"123456789012\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&ServeArgs {
+            config: Some(path),
+            sqs_advertised: Some("sqs.example:80".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.sqs_listen, "0.0.0.0:9999");
+        assert_eq!(s.sqs_region, "eu-west-1");
+        assert_eq!(s.sqs_account_id, "123456789012");
+        assert_eq!(s.sqs_advertised.as_deref(), Some("sqs.example:80"));
+        let d = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(d.sqs_listen, DEFAULT_SQS_LISTEN);
+        assert_eq!(d.sqs_account_id, DEFAULT_SQS_ACCOUNT_ID);
+        assert_eq!(d.sqs_advertised, None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (kafka_listener, kafka_addr) =
         bind("kafka", &settings.kafka_listen, "--kafka-listen").await?;
     let (amqp_listener, amqp_addr) = bind("amqp", &settings.amqp_listen, "--amqp-listen").await?;
+    let (sqs_listener, sqs_addr) = bind("sqs", &settings.sqs_listen, "--sqs-listen").await?;
 
     let data_dir = settings.data_dir.display().to_string();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -90,6 +91,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ferry_amqp::AmqpConfig::default(),
     ));
     tracing::info!("amqp listening on {amqp_addr}");
+    let mut sqs_config = ferry_sqs::SqsConfig::new(&settings.data_dir);
+    sqs_config.advertised = settings.sqs_advertised.clone();
+    sqs_config.region = settings.sqs_region.clone();
+    sqs_config.account_id = settings.sqs_account_id.clone();
+    let sqs_state = ferry_sqs::Sqs::open(broker.messaging().clone(), sqs_config)
+        .context("cannot start the SQS front end")?;
+    let sqs = tokio::spawn(ferry_sqs::serve(sqs_listener, sqs_state));
+    tracing::info!("sqs listening on {sqs_addr}");
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
@@ -98,6 +107,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     kafka.abort();
     amqp.abort();
+    sqs.abort();
     maintenance.abort();
     group_timers.abort();
     let closing = broker.clone();

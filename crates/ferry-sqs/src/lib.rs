@@ -1,0 +1,466 @@
+//! Ferry's Amazon SQS front end: the SQS HTTP API (AWS JSON 1.0 and the
+//! query protocol, on one port) over the messaging engine of `ferry-core`.
+//!
+//! An SQS queue is an engine queue of the same name in one vhost (`/` by
+//! default), so AMQP clients can publish to it through the default exchange
+//! and consume from it, and SQS clients read what they publish
+//! (`message.rs` has the mapping). What SQS has and the engine does not —
+//! queue attributes, tags, permissions, FIFO deduplication, redrive
+//! policies and move tasks — lives here, persisted under `<data dir>/sqs/`
+//! (`store.rs`).
+//!
+//! Where things are: `http` (protocol detection, parameters, responses),
+//! `xml` (query-protocol responses), `errors` (SQS error codes), `params`
+//! (parameter reading, batch rules), `message` (message attributes, MD5s,
+//! the engine mapping), `queues` (queue actions), `messages` (send,
+//! receive, delete, visibility), `redrive` (dead-letter moves and move
+//! tasks), `store` (persistence).
+//!
+//! This crate never reaches into `ferry-log` and holds no message beyond
+//! the request it is answering.
+
+mod errors;
+mod http;
+mod message;
+mod messages;
+mod params;
+mod queues;
+mod redrive;
+mod store;
+mod xml;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ferry_core::messaging::{Messaging, Queue};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::errors::{Code, SqsResult, err, no_queue};
+use crate::http::SqsRequest;
+use crate::store::{DedupEntry, QueueMeta, Store};
+
+pub use crate::errors::Code as ErrorCode;
+
+/// Entries in one batch request.
+pub const BATCH_ENTRIES_MAX: usize = 10;
+/// Messages in flight in a standard queue before ReceiveMessage answers
+/// OverLimit.
+pub const IN_FLIGHT_STANDARD_MAX: u64 = 120_000;
+/// The same for FIFO queues.
+pub const IN_FLIGHT_FIFO_MAX: u64 = 20_000;
+/// The engine's connection id for SQS (AMQP's start at 1).
+const CONNECTION: u64 = 0;
+
+/// Settings of the SQS listener.
+#[derive(Debug, Clone)]
+pub struct SqsConfig {
+    /// `host:port` put into queue URLs; `None`: the request's `Host`
+    /// header (so a URL is reachable the way the client reached us), or the
+    /// listener's address.
+    pub advertised: Option<String>,
+    pub region: String,
+    pub account_id: String,
+    /// The engine vhost holding SQS queues.
+    pub vhost: String,
+    /// Where `sqs/` goes (the broker's data directory).
+    pub data_dir: PathBuf,
+    /// Largest request body accepted (bigger: 413).
+    pub request_bytes_max: usize,
+    /// SQS refuses to re-create a deleted queue's name for this long.
+    pub deleted_recently: Duration,
+    /// And a second purge of a queue for this long.
+    pub purge_interval: Duration,
+    /// FIFO deduplication window.
+    pub dedup_window: Duration,
+}
+
+impl SqsConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> SqsConfig {
+        SqsConfig {
+            advertised: None,
+            region: "us-east-1".to_string(),
+            account_id: "000000000000".to_string(),
+            vhost: ferry_core::messaging::DEFAULT_VHOST.to_string(),
+            data_dir: data_dir.into(),
+            // SendMessageBatch carries up to 1 MiB of messages; JSON escapes
+            // and base64 binary attributes make the request larger.
+            request_bytes_max: 4 * 1024 * 1024,
+            deleted_recently: Duration::from_secs(60),
+            purge_interval: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What happens in one queue that the engine does not keep.
+#[derive(Debug, Default)]
+pub(crate) struct Runtime {
+    pub last_purge: Option<Instant>,
+    /// Messages sent before this (ms) were purged: in-flight ones are
+    /// dropped when they come back.
+    pub purged_before_ms: i64,
+    /// ApproximateFirstReceiveTimestamp by delivery id (not kept across
+    /// restarts).
+    pub first_receive: HashMap<u64, i64>,
+    /// FIFO: in-flight delivery ids per message group.
+    pub groups: HashMap<String, Vec<u64>>,
+    /// FIFO deduplication: key → entry.
+    pub dedup: HashMap<String, DedupEntry>,
+    pub last_sequence: u128,
+}
+
+/// Entries of `first_receive` kept at most (it is approximate anyway).
+const FIRST_RECEIVE_ENTRIES_MAX: usize = 1_000_000;
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub name: String,
+    pub incarnation: String,
+    pub fifo: bool,
+    pub meta: Mutex<QueueMeta>,
+    pub runtime: Mutex<Runtime>,
+    /// FIFO receives run one at a time per queue (group locks are decided
+    /// before the engine is asked).
+    pub fifo_receive: tokio::sync::Mutex<()>,
+    /// FIFO: a group was released (delete, visibility change).
+    pub released: Notify,
+}
+
+impl QueueState {
+    pub fn meta(&self) -> MutexGuard<'_, QueueMeta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn runtime(&self) -> MutexGuard<'_, Runtime> {
+        self.runtime.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn attr(&self, name: &str) -> Option<String> {
+        self.meta().attributes.get(name).cloned()
+    }
+
+    pub fn attr_i64(&self, name: &str, default: i64) -> i64 {
+        self.attr(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub fn record_first_receive(&self, id: u64, now_ms: i64) -> i64 {
+        let mut rt = self.runtime();
+        if rt.first_receive.len() >= FIRST_RECEIVE_ENTRIES_MAX {
+            rt.first_receive.clear();
+        }
+        *rt.first_receive.entry(id).or_insert(now_ms)
+    }
+
+    pub fn forget_delivery(&self, id: u64) {
+        let mut rt = self.runtime();
+        rt.first_receive.remove(&id);
+        if self.fifo {
+            rt.groups.retain(|_, ids| {
+                ids.retain(|i| *i != id);
+                !ids.is_empty()
+            });
+        }
+    }
+}
+
+/// The SQS front end's state: every SQS queue and what SQS keeps of it.
+#[derive(Debug)]
+pub struct Sqs {
+    pub(crate) messaging: Arc<Messaging>,
+    pub(crate) config: SqsConfig,
+    pub(crate) queues: RwLock<BTreeMap<String, Arc<QueueState>>>,
+    pub(crate) deleted: Mutex<HashMap<String, Instant>>,
+    pub(crate) store: Store,
+    pub(crate) tasks: Mutex<Vec<Arc<redrive::MoveTask>>>,
+    /// The listener's address, for queue URLs when nothing better is known.
+    pub(crate) local: Mutex<Option<SocketAddr>>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why the front end could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the SQS state in {path}: {source}")]
+    Store {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Sqs {
+    /// Loads the SQS queues of the data directory and makes sure each has
+    /// its engine queue. Needs a tokio runtime (the engine's timers).
+    pub fn open(messaging: Arc<Messaging>, config: SqsConfig) -> Result<Arc<Sqs>, StartError> {
+        let dir = config.data_dir.join("sqs");
+        let (store, metas, dedup) =
+            Store::open(&dir, now_ms()).map_err(|source| StartError::Store {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        messaging.add_vhost(&config.vhost);
+        let sqs = Arc::new(Sqs {
+            messaging,
+            config,
+            queues: RwLock::new(BTreeMap::new()),
+            deleted: Mutex::new(HashMap::new()),
+            store,
+            tasks: Mutex::new(Vec::new()),
+            local: Mutex::new(None),
+        });
+        let mut by_incarnation: HashMap<String, Vec<DedupEntry>> = HashMap::new();
+        for e in dedup {
+            by_incarnation.entry(e.q.clone()).or_default().push(e);
+        }
+        {
+            let mut queues = sqs.queues_mut();
+            for meta in metas {
+                if let Err(e) = sqs.declare_engine_queue(&meta.name) {
+                    tracing::error!(queue = %meta.name, error = %e.message, "cannot restore the engine queue of an SQS queue");
+                    continue;
+                }
+                let state = queues::new_state(meta);
+                if let Some(entries) = by_incarnation.remove(&state.incarnation) {
+                    let mut rt = state.runtime();
+                    for e in entries {
+                        if let Ok(seq) = e.seq.parse::<u128>() {
+                            rt.last_sequence = rt.last_sequence.max(seq);
+                        }
+                        rt.dedup.insert(e.k.clone(), e);
+                    }
+                }
+                queues.insert(state.name.clone(), Arc::new(state));
+            }
+        }
+        Ok(sqs)
+    }
+
+    pub(crate) fn queues_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<QueueState>>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn queues_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<QueueState>>> {
+        self.queues.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn declare_engine_queue(&self, name: &str) -> SqsResult<()> {
+        let spec = ferry_core::messaging::QueueSpec {
+            name: name.to_string(),
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: Vec::new(),
+        };
+        self.messaging
+            .declare_queue(&self.config.vhost, spec, false, CONNECTION)
+            .map(|_| ())
+            .map_err(|e| {
+                err(
+                    Code::QueueNameExists,
+                    format!("A queue named {name} already exists with different settings: {e}"),
+                )
+            })
+    }
+
+    pub(crate) fn engine_queue(&self, name: &str) -> SqsResult<Arc<Queue>> {
+        self.messaging
+            .queue(&self.config.vhost, name, CONNECTION)
+            .map_err(|_| no_queue())
+    }
+
+    /// Persists every queue's metadata.
+    pub(crate) fn save(&self) -> SqsResult<()> {
+        let metas: Vec<QueueMeta> = self
+            .queues_read()
+            .values()
+            .map(|q| q.meta().clone())
+            .collect();
+        self.store.save(metas).map_err(errors::internal)
+    }
+
+    pub(crate) fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:sqs:{}:{}:{name}",
+            self.config.region, self.config.account_id
+        )
+    }
+
+    /// The queue name an ARN of this region and account names.
+    pub(crate) fn name_of_arn<'a>(&self, arn: &'a str) -> Option<&'a str> {
+        let mut parts = arn.splitn(6, ':');
+        let (Some("arn"), Some(_), Some("sqs"), Some(_region), Some(_account), Some(name)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        Some(name)
+    }
+
+    pub(crate) fn queue_url(&self, req: &SqsRequest, name: &str) -> String {
+        let host = match (&self.config.advertised, &req.host) {
+            (Some(a), _) => a.clone(),
+            (None, Some(h)) => h.clone(),
+            (None, None) => self
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or_else(|| "localhost:9324".to_string(), |a| a.to_string()),
+        };
+        format!("http://{host}/{}/{name}", self.config.account_id)
+    }
+
+    /// The queue a request is about: its `QueueUrl` (the last path segment
+    /// of it), or else the request's own path.
+    pub(crate) fn queue_of(
+        &self,
+        req: &SqsRequest,
+        p: &params::Params,
+    ) -> SqsResult<Arc<QueueState>> {
+        let from_url = params::opt_str(p, "QueueUrl").map(|u| {
+            let path = match u.split_once("://") {
+                Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+                None => u,
+            };
+            path.split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+        let name = match from_url {
+            Some(n) if !n.is_empty() => n,
+            Some(_) => return Err(no_queue()),
+            None => {
+                let n = req
+                    .path
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if n.is_empty() {
+                    return Err(errors::missing("QueueUrl"));
+                }
+                n
+            }
+        };
+        self.queues_read().get(&name).cloned().ok_or_else(no_queue)
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: &SqsRequest) -> SqsResult<serde_json::Value> {
+        let p = &req.params;
+        match req.action.as_str() {
+            "CreateQueue" => self.create_queue(req, p),
+            "DeleteQueue" => self.delete_queue(req, p),
+            "GetQueueUrl" => self.get_queue_url(req, p),
+            "ListQueues" => self.list_queues(req, p),
+            "GetQueueAttributes" => self.get_queue_attributes(req, p),
+            "SetQueueAttributes" => self.set_queue_attributes(req, p),
+            "PurgeQueue" => self.purge_queue(req, p),
+            "TagQueue" => self.tag_queue(req, p),
+            "UntagQueue" => self.untag_queue(req, p),
+            "ListQueueTags" => self.list_queue_tags(req, p),
+            "AddPermission" => self.add_permission(req, p),
+            "RemovePermission" => self.remove_permission(req, p),
+            "ListDeadLetterSourceQueues" => self.list_dead_letter_source_queues(req, p),
+            "SendMessage" => self.send_message(req, p).await,
+            "SendMessageBatch" => self.send_message_batch(req, p).await,
+            "ReceiveMessage" => self.receive_message(req, p).await,
+            "DeleteMessage" => self.delete_message(req, p),
+            "DeleteMessageBatch" => self.delete_message_batch(req, p),
+            "ChangeMessageVisibility" => self.change_message_visibility(req, p),
+            "ChangeMessageVisibilityBatch" => self.change_message_visibility_batch(req, p),
+            "StartMessageMoveTask" => self.start_message_move_task(p),
+            "ListMessageMoveTasks" => self.list_message_move_tasks(p),
+            "CancelMessageMoveTask" => self.cancel_message_move_task(p),
+            other => Err(err(
+                Code::InvalidAction,
+                format!("The action {other} is not valid for this endpoint."),
+            )),
+        }
+    }
+}
+
+/// A receipt handle: which queue incarnation, which delivery, which
+/// receive of it. Opaque to clients (URL-safe base64).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Receipt {
+    pub incarnation: String,
+    pub id: u64,
+    pub count: u32,
+}
+
+impl Receipt {
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "v1:{}:{}:{}",
+            self.incarnation, self.id, self.count
+        ))
+    }
+
+    pub fn decode(handle: &str, queue: &QueueState) -> SqsResult<Receipt> {
+        let invalid = || {
+            err(
+                Code::ReceiptHandleIsInvalid,
+                format!("The input receipt handle \"{handle}\" is not a valid receipt handle."),
+            )
+        };
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(handle)
+            .map_err(|_| invalid())?;
+        let text = String::from_utf8(raw).map_err(|_| invalid())?;
+        let mut parts = text.split(':');
+        let (Some("v1"), Some(inc), Some(id), Some(count), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(invalid());
+        };
+        if inc != queue.incarnation {
+            return Err(invalid());
+        }
+        Ok(Receipt {
+            incarnation: inc.to_string(),
+            id: id.parse().map_err(|_| invalid())?,
+            count: count.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// Serves SQS clients on `listener` until the future is dropped.
+pub async fn serve(listener: TcpListener, sqs: Arc<Sqs>) {
+    if let Ok(addr) = listener.local_addr() {
+        *sqs.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+    let app = axum::Router::new().fallback(http::handle).with_state(sqs);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "sqs listener stopped");
+    }
+}

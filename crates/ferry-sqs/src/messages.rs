@@ -1,0 +1,709 @@
+//! Message actions: SendMessage(Batch), ReceiveMessage,
+//! DeleteMessage(Batch), ChangeMessageVisibility(Batch).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::messaging::{Delivery, Queue};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::errors::{Code, SqsError, SqsResult, err, invalid_parameters, invalid_value, missing};
+use crate::http::SqsRequest;
+use crate::message::{
+    Attributes, SqsMessage, System, attributes_size, check_body, group_of, md5_hex,
+    md5_of_attributes, parse_attributes,
+};
+use crate::params::{Params, batch_entries, int_in, opt_str, req_str, string_list};
+use crate::queues::parse_redrive;
+use crate::store::DedupEntry;
+use crate::{IN_FLIGHT_FIFO_MAX, IN_FLIGHT_STANDARD_MAX, QueueState, Receipt, Sqs, now_ms};
+
+/// Bytes all the messages of one SendMessageBatch may add up to.
+const BATCH_BYTES_MAX: usize = 1_048_576;
+/// Messages a FIFO receive looks at to find ones of free groups.
+const FIFO_SCAN_MAX: usize = 10_000;
+/// FIFO group ids and deduplication ids: at most this many characters.
+const FIFO_ID_CHARS_MAX: usize = 128;
+/// Visibility timeout's upper bound (12 hours).
+const VISIBILITY_MAX_S: i64 = 43_200;
+
+const SYSTEM_ATTRIBUTE_NAMES: &[&str] = &[
+    "All",
+    "SenderId",
+    "SentTimestamp",
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "SequenceNumber",
+    "MessageDeduplicationId",
+    "MessageGroupId",
+    "AWSTraceHeader",
+    "DeadLetterQueueSourceArn",
+];
+
+/// A validated message, ready to be appended.
+struct Prepared {
+    message: SqsMessage,
+    delay: Option<Duration>,
+    md5_body: String,
+    md5_attributes: Option<String>,
+    md5_system: Option<String>,
+    /// FIFO: the deduplication key (scope + id).
+    dedup_key: Option<String>,
+    size: usize,
+}
+
+fn fifo_id_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().count() <= FIFO_ID_CHARS_MAX
+        && s.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn not_for_queue_type(param: &str, value: impl std::fmt::Display) -> SqsError {
+    invalid_value(
+        param,
+        value,
+        "The request include parameter that is not valid for this queue type",
+    )
+}
+
+impl Sqs {
+    fn prepare(&self, q: &QueueState, e: &Params, now: i64) -> SqsResult<Prepared> {
+        let body = match e.get("MessageBody") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(missing("MessageBody")),
+        };
+        check_body(&body)?;
+        let attributes = parse_attributes(e.get("MessageAttributes"), false)?;
+        let system_attributes = parse_attributes(e.get("MessageSystemAttributes"), true)?;
+        let size = body.len() + attributes_size(&attributes);
+        let max = usize::try_from(q.attr_i64("MaximumMessageSize", 1_048_576)).unwrap_or(1_048_576);
+        if size > max {
+            return Err(invalid_parameters(format!(
+                "Message must be shorter than {max} bytes."
+            )));
+        }
+        let delay_param = int_in(e, "DelaySeconds", 0, 900).map_err(|_| {
+            invalid_value(
+                "DelaySeconds",
+                e.get("DelaySeconds")
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                "DelaySeconds must be >= 0 and <= 900",
+            )
+        })?;
+        let group = opt_str(e, "MessageGroupId").map(str::to_string);
+        let dedup = opt_str(e, "MessageDeduplicationId").map(str::to_string);
+        if let Some(g) = &group
+            && !fifo_id_ok(g)
+        {
+            return Err(invalid_value(
+                "MessageGroupId",
+                g,
+                "MessageGroupId can only include alphanumeric and punctuation characters. 1 to 128 in length",
+            ));
+        }
+        let mut dedup_key = None;
+        let mut dedup_id = None;
+        let delay_s = if q.fifo {
+            if let Some(d) = delay_param
+                && d != 0
+            {
+                return Err(not_for_queue_type("DelaySeconds", d));
+            }
+            let Some(g) = &group else {
+                return Err(missing("MessageGroupId"));
+            };
+            let id = match dedup {
+                Some(d) => {
+                    if !fifo_id_ok(&d) {
+                        return Err(invalid_value(
+                            "MessageDeduplicationId",
+                            &d,
+                            "MessageDeduplicationId can only include alphanumeric and punctuation characters. 1 to 128 in length",
+                        ));
+                    }
+                    d
+                }
+                None if q.attr("ContentBasedDeduplication").as_deref() == Some("true") => {
+                    hex(&Sha256::digest(body.as_bytes()))
+                }
+                None => {
+                    return Err(invalid_parameters(
+                        "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
+                    ));
+                }
+            };
+            let scope = if q.attr("DeduplicationScope").as_deref() == Some("messageGroup") {
+                g.as_str()
+            } else {
+                ""
+            };
+            dedup_key = Some(format!("{scope}\n{id}"));
+            dedup_id = Some(id);
+            q.attr_i64("DelaySeconds", 0)
+        } else {
+            if let Some(d) = dedup {
+                return Err(not_for_queue_type("MessageDeduplicationId", d));
+            }
+            delay_param.unwrap_or_else(|| q.attr_i64("DelaySeconds", 0))
+        };
+        let trace_header = system_attributes
+            .get("AWSTraceHeader")
+            .and_then(|v| match &v.data {
+                crate::message::AttrData::Str(s) => Some(s.clone()),
+                crate::message::AttrData::Bin(_) => None,
+            });
+        let message = SqsMessage {
+            body,
+            attributes,
+            system: System {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                group_id: group,
+                dedup_id,
+                sequence: None,
+                trace_header,
+                sender_id: Some(self.config.account_id.clone()),
+                dlq_source_arn: None,
+            },
+            sent_ms: now,
+        };
+        Ok(Prepared {
+            md5_body: md5_hex(message.body.as_bytes()),
+            md5_attributes: md5_of_attributes(&message.attributes),
+            md5_system: md5_of_attributes(&system_attributes),
+            message,
+            delay: (delay_s > 0).then(|| Duration::from_secs(delay_s.unsigned_abs())),
+            dedup_key,
+            size,
+        })
+    }
+
+    /// Appends prepared messages (in order), waits until they are durable,
+    /// and answers each one's result.
+    async fn send_prepared(
+        &self,
+        q: &QueueState,
+        engine: &Queue,
+        prepared: Vec<SqsResult<Prepared>>,
+    ) -> Vec<SqsResult<Value>> {
+        let retention =
+            Duration::from_secs(q.attr_i64("MessageRetentionPeriod", 345_600).unsigned_abs());
+        let now = now_ms();
+        let window_ms = i64::try_from(self.config.dedup_window.as_millis()).unwrap_or(300_000);
+        let mut results: Vec<SqsResult<(Value, Option<ferry_core::messaging::PendingDurability>)>> =
+            Vec::with_capacity(prepared.len());
+        let mut new_dedup = Vec::new();
+        {
+            // FIFO: deduplication and sequence numbers are decided, and the
+            // appends made, in one step per queue, so sequence numbers follow
+            // the log's order.
+            let mut rt = q.runtime();
+            if q.fifo {
+                rt.dedup.retain(|_, e| e.exp > now);
+            }
+            for p in prepared {
+                let mut p = match p {
+                    Ok(p) => p,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
+                if let Some(key) = &p.dedup_key {
+                    if let Some(prev) = rt.dedup.get(key) {
+                        let mut r = result_json(&p);
+                        r.insert("MessageId".into(), Value::String(prev.id.clone()));
+                        r.insert("SequenceNumber".into(), Value::String(prev.seq.clone()));
+                        results.push(Ok((Value::Object(r), None)));
+                        continue;
+                    }
+                    let floor = u128::try_from(now).unwrap_or(0) * 100_000_000;
+                    let seq = rt.last_sequence.saturating_add(1).max(floor);
+                    rt.last_sequence = seq;
+                    p.message.system.sequence = Some(format!("{seq:020}"));
+                }
+                let engine_message = p.message.to_engine(&q.name, Some(retention));
+                match engine.send(engine_message, p.delay) {
+                    Ok(published) => {
+                        let mut r = result_json(&p);
+                        r.insert(
+                            "MessageId".into(),
+                            Value::String(p.message.system.message_id.clone()),
+                        );
+                        if let Some(seq) = &p.message.system.sequence {
+                            r.insert("SequenceNumber".into(), Value::String(seq.clone()));
+                        }
+                        if let Some(key) = &p.dedup_key {
+                            let entry = DedupEntry {
+                                q: q.incarnation.clone(),
+                                k: key.clone(),
+                                id: p.message.system.message_id.clone(),
+                                seq: p.message.system.sequence.clone().unwrap_or_default(),
+                                exp: now + window_ms,
+                            };
+                            rt.dedup.insert(key.clone(), entry.clone());
+                            new_dedup.push(entry);
+                        }
+                        results.push(Ok((Value::Object(r), Some(published.pending))));
+                    }
+                    Err(e) => results.push(Err(e.into())),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                Ok((v, Some(pending))) => match pending.durable().await {
+                    Ok(()) => Ok(v),
+                    Err(e) => Err(e.into()),
+                },
+                Ok((v, None)) => Ok(v),
+                Err(e) => Err(e),
+            });
+        }
+        if !new_dedup.is_empty()
+            && let Err(e) = self.store.append_dedup(&new_dedup)
+        {
+            tracing::warn!(queue = %q.name, error = %e, "could not persist FIFO deduplication entries");
+        }
+        out
+    }
+
+    pub(crate) async fn send_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        let prepared = self.prepare(&q, p, now_ms())?;
+        let mut results = self.send_prepared(&q, &engine, vec![Ok(prepared)]).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(crate::errors::internal("no result")))
+    }
+
+    pub(crate) async fn send_message_batch(
+        &self,
+        req: &SqsRequest,
+        p: &Params,
+    ) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        let entries = batch_entries(p, "SendMessageBatchRequestEntry")?;
+        let now = now_ms();
+        let prepared: Vec<SqsResult<Prepared>> =
+            entries.iter().map(|e| self.prepare(&q, e, now)).collect();
+        let total: usize = prepared
+            .iter()
+            .map(|r| match r {
+                Ok(p) => p.size,
+                Err(_) => 0,
+            })
+            .sum::<usize>()
+            + entries
+                .iter()
+                .zip(&prepared)
+                .filter(|(_, r)| r.is_err())
+                .map(|(e, _)| opt_str(e, "MessageBody").map_or(0, str::len))
+                .sum::<usize>();
+        if total > BATCH_BYTES_MAX {
+            return Err(err(
+                Code::BatchRequestTooLong,
+                format!(
+                    "Batch requests cannot be longer than {BATCH_BYTES_MAX} bytes. You have sent {total} bytes."
+                ),
+            ));
+        }
+        let results = self.send_prepared(&q, &engine, prepared).await;
+        let mut successful = Vec::new();
+        let mut failed = Vec::new();
+        for (e, r) in entries.iter().zip(results) {
+            let id = opt_str(e, "Id").unwrap_or("").to_string();
+            match r {
+                Ok(Value::Object(mut m)) => {
+                    m.insert("Id".into(), Value::String(id));
+                    successful.push(Value::Object(m));
+                }
+                Ok(_) => {}
+                Err(e) => failed.push(failure(&id, &e)),
+            }
+        }
+        Ok(json!({ "Successful": successful, "Failed": failed }))
+    }
+
+    pub(crate) async fn receive_message(
+        self: &Arc<Self>,
+        req: &SqsRequest,
+        p: &Params,
+    ) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let max = int_in(p, "MaxNumberOfMessages", 1, 10)?.unwrap_or(1);
+        let visibility = int_in(p, "VisibilityTimeout", 0, VISIBILITY_MAX_S)?
+            .unwrap_or_else(|| q.attr_i64("VisibilityTimeout", 30));
+        let wait = int_in(p, "WaitTimeSeconds", 0, 20)?
+            .unwrap_or_else(|| q.attr_i64("ReceiveMessageWaitTimeSeconds", 0));
+        let mut names = string_list(p, "AttributeNames");
+        names.extend(string_list(p, "MessageSystemAttributeNames"));
+        for n in &names {
+            if !SYSTEM_ATTRIBUTE_NAMES.contains(&n.as_str())
+                && !crate::queues::is_queue_attribute(n)
+            {
+                return Err(err(
+                    Code::InvalidAttributeName,
+                    format!("Unknown Attribute {n}."),
+                ));
+            }
+        }
+        let filters = string_list(p, "MessageAttributeNames");
+        let engine = self.engine_queue(&q.name)?;
+        let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
+        let limit = if q.fifo {
+            IN_FLIGHT_FIFO_MAX
+        } else {
+            IN_FLIGHT_STANDARD_MAX
+        };
+        let view = View {
+            names: &names,
+            filters: &filters,
+        };
+        loop {
+            let ready = engine.receivers().notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let released = q.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if engine.counts().in_flight >= limit {
+                return Err(err(
+                    Code::OverLimit,
+                    format!("Too many messages in flight: at most {limit} for this queue."),
+                ));
+            }
+            let deliveries = self
+                .take(&q, &engine, usize::try_from(max).unwrap_or(1), visibility)
+                .await?;
+            let took = !deliveries.is_empty();
+            let mut out = Vec::new();
+            for d in deliveries {
+                if let Some(m) = self.render(&q, &engine, d, &view).await? {
+                    out.push(m);
+                }
+            }
+            if !out.is_empty() {
+                return Ok(json!({ "Messages": out }));
+            }
+            if took {
+                // Everything taken was dropped or dead-lettered: look again.
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Ok(json!({}));
+            }
+            tokio::select! {
+                _ = &mut ready => {}
+                _ = &mut released => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    /// Takes deliveries from the engine; FIFO queues pass over the message
+    /// groups with a message in flight.
+    async fn take(
+        &self,
+        q: &QueueState,
+        engine: &Queue,
+        max: usize,
+        visibility_s: i64,
+    ) -> SqsResult<Vec<Delivery>> {
+        let visibility = Duration::from_secs(visibility_s.unsigned_abs());
+        if !q.fifo {
+            return Ok(engine.receive_batch(visibility, max, max, &mut |_| true)?);
+        }
+        let _one_at_a_time = q.fifo_receive.lock().await;
+        let locked: HashSet<Vec<u8>> = {
+            let mut rt = q.runtime();
+            rt.groups.retain(|_, ids| {
+                ids.retain(|id| engine.in_flight_count(*id).is_some());
+                !ids.is_empty()
+            });
+            rt.groups.keys().map(|g| g.as_bytes().to_vec()).collect()
+        };
+        let got = engine.receive_batch(visibility, max, FIFO_SCAN_MAX, &mut |m| {
+            !locked.contains(group_of(m))
+        })?;
+        let mut rt = q.runtime();
+        for d in &got {
+            let g = String::from_utf8_lossy(group_of(&d.message)).into_owned();
+            rt.groups.entry(g).or_default().push(d.id);
+        }
+        Ok(got)
+    }
+
+    /// One received message as SQS shows it; `None` when it was purged or
+    /// moved to the dead-letter queue instead.
+    async fn render(
+        &self,
+        q: &QueueState,
+        engine: &Queue,
+        d: Delivery,
+        view: &View<'_>,
+    ) -> SqsResult<Option<Value>> {
+        let incarnation = q.incarnation.clone();
+        let id = d.id;
+        let sm = SqsMessage::from_engine(&d.message, || derived_id(&incarnation, id));
+        let purged_before = q.runtime().purged_before_ms;
+        if sm.sent_ms < purged_before {
+            let _ = engine.ack(d.id);
+            q.forget_delivery(d.id);
+            return Ok(None);
+        }
+        if let Some(rp) = q.attr("RedrivePolicy").and_then(|v| parse_redrive(&v))
+            && d.delivery_count > rp.max_receive_count
+            && self
+                .move_to_dlq(q, engine, &rp.target_arn, &sm, d.id)
+                .await?
+        {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let first = q.record_first_receive(d.id, now);
+        let mut m = Map::new();
+        m.insert(
+            "MessageId".into(),
+            Value::String(sm.system.message_id.clone()),
+        );
+        m.insert(
+            "ReceiptHandle".into(),
+            Value::String(
+                Receipt {
+                    incarnation: q.incarnation.clone(),
+                    id: d.id,
+                    count: d.delivery_count,
+                }
+                .encode(),
+            ),
+        );
+        m.insert(
+            "MD5OfBody".into(),
+            Value::String(md5_hex(sm.body.as_bytes())),
+        );
+        m.insert("Body".into(), Value::String(sm.body.clone()));
+        let attrs = view.system_attributes(&sm, d.delivery_count, first, &self.config.account_id);
+        if !attrs.is_empty() {
+            m.insert("Attributes".into(), Value::Object(attrs));
+        }
+        let selected = view.message_attributes(&sm.attributes);
+        if let Some(md5) = md5_of_attributes(&selected) {
+            m.insert("MD5OfMessageAttributes".into(), Value::String(md5));
+            m.insert(
+                "MessageAttributes".into(),
+                Value::Object(
+                    selected
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_json()))
+                        .collect(),
+                ),
+            );
+        }
+        Ok(Some(Value::Object(m)))
+    }
+
+    pub(crate) fn delete_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        let handle = req_str(p, "ReceiptHandle")?;
+        self.delete_one(&q, &engine, handle)?;
+        Ok(json!({}))
+    }
+
+    fn delete_one(&self, q: &QueueState, engine: &Queue, handle: &str) -> SqsResult<()> {
+        let r = Receipt::decode(handle, q)?;
+        // A handle of an earlier receive (the message came back and was
+        // received again) succeeds without deleting, as SQS allows.
+        if engine.in_flight_count(r.id) == Some(r.count) {
+            engine.ack(r.id)?;
+            q.forget_delivery(r.id);
+            if q.fifo {
+                q.released.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_message_batch(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        let entries = batch_entries(p, "DeleteMessageBatchRequestEntry")?;
+        let mut successful = Vec::new();
+        let mut failed = Vec::new();
+        for e in entries {
+            let id = opt_str(e, "Id").unwrap_or("");
+            let r = req_str(e, "ReceiptHandle").and_then(|h| self.delete_one(&q, &engine, h));
+            match r {
+                Ok(()) => successful.push(json!({ "Id": id })),
+                Err(e) => failed.push(failure(id, &e)),
+            }
+        }
+        Ok(json!({ "Successful": successful, "Failed": failed }))
+    }
+
+    fn change_one(&self, q: &QueueState, engine: &Queue, e: &Params) -> SqsResult<()> {
+        let handle = req_str(e, "ReceiptHandle")?;
+        let Some(secs) = int_in(e, "VisibilityTimeout", 0, VISIBILITY_MAX_S)? else {
+            return Err(missing("VisibilityTimeout"));
+        };
+        let r = Receipt::decode(handle, q)?;
+        if engine.in_flight_count(r.id) != Some(r.count) {
+            return Err(err(
+                Code::MessageNotInflight,
+                "Message does not exist or is not available for visibility timeout change.",
+            ));
+        }
+        engine.set_visibility(r.id, Duration::from_secs(secs.unsigned_abs()))?;
+        if secs == 0 && q.fifo {
+            q.released.notify_waiters();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn change_message_visibility(
+        &self,
+        req: &SqsRequest,
+        p: &Params,
+    ) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        self.change_one(&q, &engine, p)?;
+        Ok(json!({}))
+    }
+
+    pub(crate) fn change_message_visibility_batch(
+        &self,
+        req: &SqsRequest,
+        p: &Params,
+    ) -> SqsResult<Value> {
+        let q = self.queue_of(req, p)?;
+        let engine = self.engine_queue(&q.name)?;
+        let entries = batch_entries(p, "ChangeMessageVisibilityBatchRequestEntry")?;
+        let mut successful = Vec::new();
+        let mut failed = Vec::new();
+        for e in entries {
+            let id = opt_str(e, "Id").unwrap_or("");
+            match self.change_one(&q, &engine, e) {
+                Ok(()) => successful.push(json!({ "Id": id })),
+                Err(e) => failed.push(failure(id, &e)),
+            }
+        }
+        Ok(json!({ "Successful": successful, "Failed": failed }))
+    }
+}
+
+fn result_json(p: &Prepared) -> Map<String, Value> {
+    let mut r = Map::new();
+    r.insert("MD5OfMessageBody".into(), Value::String(p.md5_body.clone()));
+    if let Some(m) = &p.md5_attributes {
+        r.insert("MD5OfMessageAttributes".into(), Value::String(m.clone()));
+    }
+    if let Some(m) = &p.md5_system {
+        r.insert(
+            "MD5OfMessageSystemAttributes".into(),
+            Value::String(m.clone()),
+        );
+    }
+    r
+}
+
+fn failure(id: &str, e: &SqsError) -> Value {
+    json!({
+        "Id": id,
+        "SenderFault": e.code.fault() == "Sender",
+        "Code": e.code.query_code(),
+        "Message": e.message,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stable MessageId for a message that has none of its own (published
+/// over AMQP without a message-id): from the queue and its position.
+fn derived_id(incarnation: &str, id: u64) -> String {
+    let digest = Sha256::digest(format!("{incarnation}:{id}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
+}
+
+/// What a ReceiveMessage asked to see.
+struct View<'a> {
+    names: &'a [String],
+    filters: &'a [String],
+}
+
+impl View<'_> {
+    fn wants(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == "All" || n == name)
+    }
+
+    fn system_attributes(
+        &self,
+        sm: &SqsMessage,
+        receive_count: u32,
+        first_receive_ms: i64,
+        account: &str,
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        let mut put = |k: &str, v: String| {
+            if self.wants(k) {
+                out.insert(k.to_string(), Value::String(v));
+            }
+        };
+        put(
+            "SenderId",
+            sm.system
+                .sender_id
+                .clone()
+                .unwrap_or_else(|| account.to_string()),
+        );
+        put("SentTimestamp", sm.sent_ms.to_string());
+        put("ApproximateReceiveCount", receive_count.to_string());
+        put(
+            "ApproximateFirstReceiveTimestamp",
+            first_receive_ms.to_string(),
+        );
+        if let Some(v) = &sm.system.sequence {
+            put("SequenceNumber", v.clone());
+        }
+        if let Some(v) = &sm.system.dedup_id {
+            put("MessageDeduplicationId", v.clone());
+        }
+        if let Some(v) = &sm.system.group_id {
+            put("MessageGroupId", v.clone());
+        }
+        if let Some(v) = &sm.system.trace_header {
+            put("AWSTraceHeader", v.clone());
+        }
+        if let Some(v) = &sm.system.dlq_source_arn {
+            put("DeadLetterQueueSourceArn", v.clone());
+        }
+        out
+    }
+
+    /// The message attributes selected by MessageAttributeNames: `All` or
+    /// `.*` for all, `prefix.*` for those starting with `prefix.`, or names.
+    fn message_attributes(&self, a: &Attributes) -> Attributes {
+        a.iter()
+            .filter(|(name, _)| {
+                self.filters.iter().any(|f| {
+                    f == "All"
+                        || f == ".*"
+                        || f == *name
+                        || f.strip_suffix("*")
+                            .is_some_and(|prefix| prefix.ends_with('.') && name.starts_with(prefix))
+                })
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
