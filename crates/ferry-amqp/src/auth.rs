@@ -1,46 +1,22 @@
-//! Users and the SASL mechanisms AMQP clients use (PLAIN, AMQPLAIN).
+//! The SASL mechanisms AMQP clients log in with (PLAIN, AMQPLAIN), and the
+//! translation of `ferry_core::access` decisions into AMQP errors.
 //!
-//! Today the only user is RabbitMQ's default, `guest`/`guest`, allowed from
-//! loopback addresses only (RabbitMQ's `loopback_users`). `Users` is where
-//! configured users and their vhost permissions go: `authenticate` and
-//! `may_open` are the two questions the connection asks.
+//! Who may log in and what they may do is decided in one place for every
+//! front end, `ferry_core::access::AccessControl`; this module only parses
+//! the client's response and names the reply codes RabbitMQ uses: a refused
+//! login is `403 ACCESS_REFUSED` (or a silent close), a vhost without
+//! permissions `530 NOT_ALLOWED`, a refused operation `403 ACCESS_REFUSED`
+//! on the channel.
 
 use std::net::IpAddr;
 
+use ferry_core::access::{AccessControl, AccessRefused, LoginRefused};
 use ferry_core::messaging::FieldValue;
 
+use crate::errors::{ACCESS_REFUSED, AmqpError};
 use crate::table;
 
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub password: String,
-    /// Vhosts this user may open; `None` means all.
-    pub vhosts: Option<Vec<String>>,
-    /// Refused unless the client connects from a loopback address.
-    pub loopback_only: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Users {
-    users: Vec<User>,
-}
-
-impl Default for Users {
-    /// RabbitMQ's default: guest/guest, from loopback only, every vhost.
-    fn default() -> Self {
-        Users {
-            users: vec![User {
-                name: "guest".into(),
-                password: "guest".into(),
-                vhosts: None,
-                loopback_only: true,
-            }],
-        }
-    }
-}
 
 /// Why a login failed (logged; the client is told only that it failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,61 +25,29 @@ pub enum AuthFailure {
     UnknownMechanism(String),
     /// The response did not parse: also a refused login.
     BadResponse(String),
-    Refused(String),
+    Refused(LoginRefused),
 }
 
-impl Users {
-    pub fn new(users: Vec<User>) -> Self {
-        Users { users }
-    }
-
-    /// Checks a `connection.start-ok` response; returns the user name.
-    pub fn authenticate(
-        &self,
-        mechanism: &str,
-        response: &[u8],
-        peer: IpAddr,
-    ) -> Result<String, AuthFailure> {
-        let (name, password) = match mechanism {
-            "PLAIN" => parse_plain(response)?,
-            "AMQPLAIN" => parse_amqplain(response)?,
-            other => return Err(AuthFailure::UnknownMechanism(other.to_string())),
-        };
-        let Some(user) = self.users.iter().find(|u| u.name == name) else {
-            return Err(AuthFailure::Refused(format!(
-                "user '{name}' - invalid credentials"
-            )));
-        };
-        if user.password != password {
-            return Err(AuthFailure::Refused(format!(
-                "user '{name}' - invalid credentials"
-            )));
-        }
-        if user.loopback_only && !is_loopback(peer) {
-            return Err(AuthFailure::Refused(format!(
-                "user '{name}' can only connect via localhost"
-            )));
-        }
-        Ok(name)
-    }
-
-    pub fn may_open(&self, user: &str, vhost: &str) -> bool {
-        self.users.iter().any(|u| {
-            u.name == user
-                && u.vhosts
-                    .as_ref()
-                    .is_none_or(|v| v.iter().any(|h| h == vhost))
-        })
-    }
+/// Checks a `connection.start-ok` response; returns the user name.
+pub fn authenticate(
+    access: &AccessControl,
+    mechanism: &str,
+    response: &[u8],
+    peer: IpAddr,
+) -> Result<String, AuthFailure> {
+    let (name, password) = match mechanism {
+        "PLAIN" => parse_plain(response)?,
+        "AMQPLAIN" => parse_amqplain(response)?,
+        other => return Err(AuthFailure::UnknownMechanism(other.to_string())),
+    };
+    access
+        .authenticate(&name, &password, peer)
+        .map_err(AuthFailure::Refused)
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
+/// A refused operation on a channel: `403 ACCESS_REFUSED - <RabbitMQ's text>`.
+pub fn refused(e: AccessRefused) -> AmqpError {
+    AmqpError::channel(ACCESS_REFUSED, e.message)
 }
 
 /// PLAIN: `[authzid] NUL authcid NUL passwd`.
@@ -146,28 +90,27 @@ mod tests {
 
     #[test]
     fn guest_from_loopback_only() {
-        let u = Users::default();
+        let a = AccessControl::default();
         assert_eq!(
-            u.authenticate("PLAIN", b"\0guest\0guest", LOCAL).unwrap(),
+            authenticate(&a, "PLAIN", b"\0guest\0guest", LOCAL).unwrap(),
             "guest"
         );
         assert!(matches!(
-            u.authenticate("PLAIN", b"\0guest\0guest", REMOTE),
+            authenticate(&a, "PLAIN", b"\0guest\0guest", REMOTE),
+            Err(AuthFailure::Refused(LoginRefused::LoopbackOnly(_)))
+        ));
+        assert!(matches!(
+            authenticate(&a, "PLAIN", b"\0guest\0nope", LOCAL),
             Err(AuthFailure::Refused(_))
         ));
         assert!(matches!(
-            u.authenticate("PLAIN", b"\0guest\0nope", LOCAL),
-            Err(AuthFailure::Refused(_))
-        ));
-        assert!(matches!(
-            u.authenticate("PLAIN", b"garbage", LOCAL),
+            authenticate(&a, "PLAIN", b"garbage", LOCAL),
             Err(AuthFailure::BadResponse(_))
         ));
         assert!(matches!(
-            u.authenticate("EXTERNAL", b"", LOCAL),
+            authenticate(&a, "EXTERNAL", b"", LOCAL),
             Err(AuthFailure::UnknownMechanism(_))
         ));
-        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -177,10 +120,8 @@ mod tests {
             table::write_short_str(&mut t, k.as_bytes());
             table::write_value(&mut t, &table::str_value(v));
         }
-        let u = Users::default();
-        assert_eq!(u.authenticate("AMQPLAIN", &t, LOCAL).unwrap(), "guest");
-        assert!(u.authenticate("AMQPLAIN", &t[..5], LOCAL).is_err());
-        assert!(u.may_open("guest", "/"));
-        assert!(!u.may_open("nobody", "/"));
+        let a = AccessControl::default();
+        assert_eq!(authenticate(&a, "AMQPLAIN", &t, LOCAL).unwrap(), "guest");
+        assert!(authenticate(&a, "AMQPLAIN", &t[..5], LOCAL).is_err());
     }
 }

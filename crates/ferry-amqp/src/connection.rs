@@ -10,7 +10,7 @@
 //! timer and the resource alarm. Everything the client sees is written from
 //! here, so delivery tags and confirms go out in order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -21,6 +21,8 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Buf, Bytes, BytesMut};
+use ferry_core::access::{Permission, Resource};
+use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
     MessagingError, Queue, QueueSpec, StreamOffset,
@@ -32,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
-use crate::auth::{AuthFailure, MECHANISMS};
+use crate::auth::{self, AuthFailure, MECHANISMS};
 use crate::credit::Credit;
 use crate::errors::*;
 use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Method};
@@ -56,6 +58,9 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
 pub const DIRECT_REPLY_QUEUE: &str = "amq.rabbitmq.reply-to";
 const DIRECT_REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
+/// Exchanges a connection remembers it may publish to (RabbitMQ caches
+/// permission checks per channel too); forgotten all at once past this.
+const WRITE_PERMISSION_CACHE_MAX: usize = 64;
 
 enum ReadEvent {
     Frame(RawFrame),
@@ -216,6 +221,15 @@ struct Conn {
     done: bool,
     /// Channels and exclusive queues released (once).
     released: bool,
+    /// The broker's resource alarms as last seen.
+    alarms: ResourceAlarms,
+    /// A publish arrived while an alarm was on: the connection is blocked
+    /// (not read from) until every alarm clears (RabbitMQ's `should_block`).
+    should_block: bool,
+    /// connection.blocked went out and connection.unblocked is owed.
+    blocked_sent: bool,
+    /// Exchanges this connection's user may write to, already checked.
+    write_permitted: HashSet<String>,
 }
 
 fn now_ms() -> i64 {
@@ -311,6 +325,10 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         closing: None,
         done: false,
         released: false,
+        alarms: ResourceAlarms::default(),
+        should_block: false,
+        blocked_sent: false,
+        write_permitted: HashSet::new(),
     };
     let opened = conn.handshake().await;
     if opened {
@@ -512,7 +530,8 @@ impl Conn {
             };
         }
         let mechanism = s_of(&start_ok.mechanism);
-        match self.shared.config.users.authenticate(
+        match auth::authenticate(
+            &self.shared.config.access,
             &mechanism,
             start_ok.response.as_bytes(),
             self.peer.ip(),
@@ -529,7 +548,12 @@ impl Conn {
                 .await;
                 return false;
             }
-            Err(AuthFailure::Refused(why) | AuthFailure::BadResponse(why)) => {
+            Err(failure @ (AuthFailure::Refused(_) | AuthFailure::BadResponse(_))) => {
+                let why = match failure {
+                    AuthFailure::Refused(r) => r.to_string(),
+                    AuthFailure::BadResponse(b) => b,
+                    AuthFailure::UnknownMechanism(m) => m,
+                };
                 tracing::warn!(peer = %self.peer, mechanism = %mechanism, "amqp login refused: {why}");
                 tokio::time::sleep(AUTH_FAILURE_DELAY).await;
                 if self.caps.auth_failure_close {
@@ -598,17 +622,7 @@ impl Conn {
             return false;
         };
         let vhost = s_of(&open.virtual_host);
-        if !self.shared.config.users.may_open(&self.user, &vhost) {
-            self.fail_handshake(
-                AmqpError::connection(
-                    NOT_ALLOWED,
-                    format!("access to vhost '{vhost}' refused for user '{}'", self.user),
-                )
-                .at(10, 40),
-            )
-            .await;
-            return false;
-        }
+        // As RabbitMQ: a missing vhost first, then the user's permissions.
         if !self.shared.messaging.vhost_exists(&vhost) {
             self.fail_handshake(
                 AmqpError::connection(NOT_ALLOWED, format!("vhost {vhost} not found")).at(10, 40),
@@ -616,20 +630,24 @@ impl Conn {
             .await;
             return false;
         }
+        if let Err(e) = self
+            .shared
+            .config
+            .access
+            .check_vhost_access(&self.user, &vhost)
+        {
+            tracing::warn!(peer = %self.peer, user = %self.user, "amqp connection refused: {e}");
+            self.fail_handshake(AmqpError::connection(NOT_ALLOWED, e.message).at(10, 40))
+                .await;
+            return false;
+        }
         self.vhost = vhost;
         self.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
-        let alarm = self.shared.alarm.borrow().clone();
-        if let (Some(reason), true) = (alarm, self.caps.blocked) {
-            self.send_method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: ss(&reason),
-                })),
-            );
-        }
+        // Nothing is sent for an alarm that is already on: like RabbitMQ,
+        // a connection is blocked when it publishes during an alarm.
         self.flush().await;
         !self.done
     }
@@ -690,15 +708,16 @@ impl Conn {
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alarm = self.shared.alarm.clone();
-        alarm.mark_unchanged();
+        self.alarms = *alarm.borrow_and_update();
         while !self.done {
             self.flush().await;
             if self.done {
                 break;
             }
             let close_deadline = self.closing;
+            let reading = !self.is_blocked();
             tokio::select! {
-                ev = self.frames.recv() => match ev {
+                ev = self.frames.recv(), if reading => match ev {
                     Some(ReadEvent::Frame(f)) => {
                         if let Err(e) = self.on_frame(f).await {
                             self.on_error(e).await;
@@ -722,15 +741,12 @@ impl Conn {
                 }
                 changed = alarm.changed() => {
                     if changed.is_err() {
-                        // No alarm source any more: stay as we are.
-                        alarm = watch::channel(None).1;
-                    } else if self.caps.blocked && self.closing.is_none() {
-                        let reason = alarm.borrow_and_update().clone();
-                        let method = match reason {
-                            Some(r) => connection::AMQPMethod::Blocked(connection::Blocked { reason: ss(&r) }),
-                            None => connection::AMQPMethod::Unblocked(connection::Unblocked {}),
-                        };
-                        self.send_method(0, AMQPClass::Connection(method));
+                        // No alarm source any more: nothing will be raised.
+                        alarm = watch::channel(ResourceAlarms::default()).1;
+                        self.on_alarms(ResourceAlarms::default());
+                    } else {
+                        let now = *alarm.borrow_and_update();
+                        self.on_alarms(now);
                     }
                 }
                 _ = sleep_until_opt(close_deadline) => self.done = true,
@@ -739,11 +755,77 @@ impl Conn {
         self.flush().await;
     }
 
+    /// Blocked: a publish arrived during an alarm that is still on. Nothing
+    /// is read from the client until it clears.
+    fn is_blocked(&self) -> bool {
+        self.should_block && self.alarms.any()
+    }
+
+    /// A content frame arrived (RabbitMQ's `publish_received`): during an
+    /// alarm, the connection is blocked from now on.
+    fn publish_received(&mut self) {
+        if !self.alarms.any() || self.should_block {
+            return;
+        }
+        self.should_block = true;
+        tracing::debug!(peer = %self.peer, connection = self.id, "amqp connection blocked: it published during a resource alarm");
+        self.send_blocked();
+    }
+
+    fn send_blocked(&mut self) {
+        if let Some(reason) = self.alarms.blocked_reason()
+            && self.caps.blocked
+            && !self.blocked_sent
+            && self.closing.is_none()
+        {
+            self.send_method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: ss(reason),
+                })),
+            );
+            self.blocked_sent = true;
+        }
+    }
+
+    fn on_alarms(&mut self, now: ResourceAlarms) {
+        let was_blocked = self.is_blocked();
+        self.alarms = now;
+        if now.any() {
+            if self.should_block {
+                self.send_blocked();
+            }
+            return;
+        }
+        // Every alarm cleared: read again, and say so if we said blocked.
+        self.should_block = false;
+        if was_blocked {
+            tracing::debug!(peer = %self.peer, connection = self.id, "amqp connection unblocked");
+            // The heartbeat monitor was paused while we did not read.
+            self.last_read_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        if self.blocked_sent {
+            self.blocked_sent = false;
+            if self.closing.is_none() {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                        connection::Unblocked {},
+                    )),
+                );
+            }
+        }
+    }
+
     fn on_tick(&mut self, hb: u16) {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.last_read_ms.load(Ordering::Relaxed);
-        // Two missed intervals, as RabbitMQ (and the spec) allow.
-        if now.saturating_sub(last) > u64::from(hb) * 2 * 1000 {
+        // Two missed intervals, as RabbitMQ (and the spec) allow; not while
+        // we are the ones not reading (RabbitMQ pauses the monitor too).
+        if self.is_blocked() {
+            self.last_read_ms.store(now, Ordering::Relaxed);
+        } else if now.saturating_sub(last) > u64::from(hb) * 2 * 1000 {
             tracing::warn!(peer = %self.peer, connection = self.id, "missed heartbeats from client, timeout: {hb}s");
             self.done = true;
             return;
@@ -810,7 +892,9 @@ impl Conn {
                         "expected method frame, got non method frame instead",
                     ));
                 }
-                self.on_channel_frame(f).await
+                let r = self.on_channel_frame(f).await;
+                self.publish_received();
+                r
             }
             _ => Err(AmqpError::connection(FRAME_ERROR, "unknown frame type")),
         }
@@ -1058,6 +1142,101 @@ impl Conn {
         }
     }
 
+    /// The one question every operation asks before it touches the engine:
+    /// may this connection's user do `permission` on `resource`?
+    fn permit(&self, resource: Resource<'_>, permission: Permission) -> Result<(), AmqpError> {
+        self.shared
+            .config
+            .access
+            .check_resource_access(&self.user, resource, permission)
+            .map_err(auth::refused)
+    }
+
+    /// basic.publish needs write on the exchange; remembered per connection
+    /// so that a stream of publishes is not a regex match each.
+    fn permit_publish(&mut self, exchange: &str) -> Result<(), AmqpError> {
+        if self.write_permitted.contains(exchange) {
+            return Ok(());
+        }
+        self.permit(Resource::exchange(&self.vhost, exchange), Permission::Write)?;
+        if self.write_permitted.len() >= WRITE_PERMISSION_CACHE_MAX {
+            self.write_permitted.clear();
+        }
+        self.write_permitted.insert(exchange.to_string());
+        Ok(())
+    }
+
+    fn exchange_exists(&self, name: &str) -> bool {
+        let probe = ExchangeSpec {
+            name: name.to_string(),
+            kind: ExchangeKind::Direct,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: Vec::new(),
+        };
+        self.shared
+            .messaging
+            .declare_exchange(&self.vhost, probe, true)
+            .is_ok()
+    }
+
+    fn queue_exists(&self, name: &str) -> bool {
+        !matches!(
+            self.shared.messaging.queue(&self.vhost, name, self.id),
+            Err(MessagingError::NotFound { .. })
+        )
+    }
+
+    /// exchange.declare (not passive): configure on the exchange; when it
+    /// is created with an alternate exchange, also read on it and write on
+    /// the alternate (RabbitMQ's rules).
+    fn permit_exchange_declare(
+        &self,
+        name: &str,
+        args: &[(String, FieldValue)],
+    ) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            // The engine refuses the default exchange, as RabbitMQ does
+            // before it looks at permissions.
+            return Ok(());
+        }
+        let x = Resource::exchange(&self.vhost, name);
+        self.permit(x, Permission::Configure)?;
+        if let Some(ae) = table::lookup(args, "alternate-exchange").and_then(table::as_str)
+            && !self.exchange_exists(name)
+        {
+            self.permit(x, Permission::Read)?;
+            self.permit(Resource::exchange(&self.vhost, &ae), Permission::Write)?;
+        }
+        Ok(())
+    }
+
+    /// queue.declare (not passive): configure on the queue (for a
+    /// server-named queue, on a name of the form the server generates);
+    /// when it is created with a dead-letter exchange, also read on the
+    /// queue and write on that exchange.
+    fn permit_queue_declare(
+        &self,
+        name: &str,
+        args: &[(String, FieldValue)],
+    ) -> Result<(), AmqpError> {
+        let checked = if name.is_empty() {
+            generated_tag("amq.gen-")
+        } else {
+            name.to_string()
+        };
+        let q = Resource::queue(&self.vhost, &checked);
+        self.permit(q, Permission::Configure)?;
+        if let Some(dlx) = table::lookup(args, "x-dead-letter-exchange").and_then(table::as_str)
+            && (name.is_empty() || !self.queue_exists(name))
+        {
+            self.permit(q, Permission::Read)?;
+            self.permit(Resource::exchange(&self.vhost, &dlx), Permission::Write)?;
+        }
+        Ok(())
+    }
+
     fn queue_name(&self, ch: &Channel, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_string());
@@ -1112,6 +1291,9 @@ impl Conn {
             }
             AMQPClass::Exchange(method) => match method {
                 exchange::AMQPMethod::Declare(d) => {
+                    if !d.passive {
+                        self.permit_exchange_declare(d.exchange.as_str(), &m.table)?;
+                    }
                     let name = s_of(&d.exchange);
                     let spec = if d.passive {
                         ExchangeSpec {
@@ -1144,6 +1326,12 @@ impl Conn {
                     Ok(())
                 }
                 exchange::AMQPMethod::Delete(d) => {
+                    let name = d.exchange.as_str();
+                    // The default and amq.* exchanges are refused by the
+                    // engine whatever the permissions, as in RabbitMQ.
+                    if !name.is_empty() && !name.starts_with("amq.") {
+                        self.permit(Resource::exchange(&vhost, name), Permission::Configure)?;
+                    }
                     match messaging.delete_exchange(&vhost, d.exchange.as_str(), d.if_unused) {
                         // Deleting what is not there succeeds, as in RabbitMQ.
                         Ok(()) | Err(MessagingError::NotFound { .. }) => {}
@@ -1160,6 +1348,14 @@ impl Conn {
                     Ok(())
                 }
                 exchange::AMQPMethod::Bind(b) => {
+                    self.permit(
+                        Resource::exchange(&vhost, b.destination.as_str()),
+                        Permission::Write,
+                    )?;
+                    self.permit(
+                        Resource::exchange(&vhost, b.source.as_str()),
+                        Permission::Read,
+                    )?;
                     messaging.bind_exchange(
                         &vhost,
                         b.destination.as_str(),
@@ -1176,6 +1372,14 @@ impl Conn {
                     Ok(())
                 }
                 exchange::AMQPMethod::Unbind(b) => {
+                    self.permit(
+                        Resource::exchange(&vhost, b.destination.as_str()),
+                        Permission::Write,
+                    )?;
+                    self.permit(
+                        Resource::exchange(&vhost, b.source.as_str()),
+                        Permission::Read,
+                    )?;
                     messaging.unbind_exchange(
                         &vhost,
                         b.destination.as_str(),
@@ -1201,6 +1405,9 @@ impl Conn {
                     let (name, messages, consumers) = if name == DIRECT_REPLY_QUEUE {
                         (name, 0, 0)
                     } else {
+                        if !d.passive {
+                            self.permit_queue_declare(&name, &m.table)?;
+                        }
                         let spec = QueueSpec {
                             name,
                             durable: d.durable,
@@ -1232,6 +1439,11 @@ impl Conn {
                     } else {
                         s_of(&b.routing_key)
                     };
+                    self.permit(Resource::queue(&vhost, &q), Permission::Write)?;
+                    self.permit(
+                        Resource::exchange(&vhost, b.exchange.as_str()),
+                        Permission::Read,
+                    )?;
                     messaging.bind_queue(&vhost, &q, b.exchange.as_str(), &rk, m.table, conn_id)?;
                     if !b.nowait {
                         self.send_method(
@@ -1243,6 +1455,11 @@ impl Conn {
                 }
                 queue::AMQPMethod::Unbind(b) => {
                     let q = self.queue_name(ch, b.queue.as_str())?;
+                    self.permit(Resource::queue(&vhost, &q), Permission::Write)?;
+                    self.permit(
+                        Resource::exchange(&vhost, b.exchange.as_str()),
+                        Permission::Read,
+                    )?;
                     messaging.unbind_queue(
                         &vhost,
                         &q,
@@ -1259,6 +1476,7 @@ impl Conn {
                 }
                 queue::AMQPMethod::Purge(p) => {
                     let q = self.queue_name(ch, p.queue.as_str())?;
+                    self.permit(Resource::queue(&vhost, &q), Permission::Read)?;
                     let n = messaging.queue(&vhost, &q, conn_id)?.purge()?;
                     if !p.nowait {
                         self.send_method(
@@ -1272,6 +1490,7 @@ impl Conn {
                 }
                 queue::AMQPMethod::Delete(d) => {
                     let q = self.queue_name(ch, d.queue.as_str())?;
+                    self.permit(Resource::queue(&vhost, &q), Permission::Configure)?;
                     let n = match messaging.delete_queue(
                         &vhost,
                         &q,
@@ -1419,6 +1638,7 @@ impl Conn {
             }
             basic::AMQPMethod::Get(g) => {
                 let q = self.queue_name(ch, g.queue.as_str())?;
+                self.permit(Resource::queue(&self.vhost, &q), Permission::Read)?;
                 let queue = self.shared.messaging.queue(&self.vhost, &q, self.id)?;
                 match queue.get(g.no_ack)? {
                     None => self.send_method(
@@ -1541,6 +1761,7 @@ impl Conn {
             return Ok(());
         }
         let q = self.queue_name(ch, c.queue.as_str())?;
+        self.permit(Resource::queue(&self.vhost, &q), Permission::Read)?;
         let queue = self.shared.messaging.queue(&self.vhost, &q, self.id)?;
         let priority = match table::lookup(table, "x-priority") {
             None => 0,
@@ -1822,9 +2043,13 @@ impl Conn {
         let Some(a) = ch.assembly.take() else {
             return Ok(());
         };
+        // RabbitMQ's order: size (checked at the header), write permission,
+        // then the exchange, user_id and expiration.
+        self.permit_publish(&a.exchange)?;
         let props = a.props.unwrap_or_else(Props::empty);
         if let Some(u) = props.short_str(props::USER_ID)
             && u != self.user.as_bytes()
+            && !self.shared.config.access.may_impersonate(&self.user)
         {
             return Err(AmqpError::precondition(format!(
                 "user_id property set to '{}' but authenticated user was '{}'",

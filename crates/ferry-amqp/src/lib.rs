@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_core::access::AccessControl;
+use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::Messaging;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-
-pub use auth::{User, Users};
 
 /// Settings of the AMQP listener (RabbitMQ's defaults where it has them).
 #[derive(Debug, Clone)]
@@ -43,7 +43,9 @@ pub struct AmqpConfig {
     /// How long a client has from connecting to connection.open (RabbitMQ's
     /// `handshake_timeout`: 10 s).
     pub handshake_timeout: Duration,
-    pub users: Users,
+    /// Users, their passwords and vhost permissions (RabbitMQ's default:
+    /// guest/guest on `/`, from loopback only).
+    pub access: Arc<AccessControl>,
 }
 
 impl Default for AmqpConfig {
@@ -54,7 +56,7 @@ impl Default for AmqpConfig {
             heartbeat_s: 60,
             message_bytes_max: 128 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            users: Users::default(),
+            access: Arc::new(AccessControl::default()),
         }
     }
 }
@@ -85,8 +87,9 @@ pub(crate) struct Shared {
     /// Reply addresses (`amq.rabbitmq.reply-to.<id>`) of channels consuming
     /// direct reply-to.
     pub replies: Mutex<HashMap<String, ReplyTarget>>,
-    /// Some(reason) while a resource alarm blocks publishers.
-    pub alarm: watch::Receiver<Option<String>>,
+    /// The broker's resource alarms: while one is on, connections that
+    /// publish are blocked.
+    pub alarm: watch::Receiver<ResourceAlarms>,
     next_connection: AtomicU64,
 }
 
@@ -102,20 +105,24 @@ impl Shared {
 
 /// Accepts AMQP clients on `listener` until the returned future is dropped.
 pub async fn serve(listener: TcpListener, messaging: Arc<Messaging>, config: AmqpConfig) {
-    // No alarm source yet: a sender that is never written keeps every
+    // No alarm source: a sender that is never written keeps every
     // connection unblocked.
-    let (_alarm_tx, alarm) = watch::channel(None);
+    let (_alarm_tx, alarm) = watch::channel(ResourceAlarms::default());
     serve_with_alarm(listener, messaging, config, alarm).await
 }
 
-/// Like `serve`, with a resource alarm: while it holds `Some(reason)`,
-/// clients that announced the `connection.blocked` capability get
-/// connection.blocked, and connection.unblocked when it clears.
+/// Like `serve`, following the broker's resource alarms
+/// (`Broker::alarms`), as RabbitMQ does: while an alarm is on, a connection
+/// that publishes is blocked — the server stops reading from it (consumers
+/// on other connections keep draining) and, if the client announced the
+/// `connection.blocked` capability, sends connection.blocked with the
+/// reason (`low on disk`, `low on memory`); connection.unblocked follows
+/// when every alarm has cleared.
 pub async fn serve_with_alarm(
     listener: TcpListener,
     messaging: Arc<Messaging>,
     config: AmqpConfig,
-    alarm: watch::Receiver<Option<String>>,
+    alarm: watch::Receiver<ResourceAlarms>,
 ) {
     let shared = Arc::new(Shared {
         messaging,

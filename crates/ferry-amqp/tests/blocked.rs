@@ -1,42 +1,197 @@
-//! connection.blocked/unblocked follow the resource alarm for clients that
-//! announce the capability (the alarm's source is wired elsewhere).
+//! Resource alarms block publishing connections as RabbitMQ does: a
+//! connection that publishes while an alarm is on gets connection.blocked
+//! (if it announced the capability) and is not read from until every alarm
+//! clears, then gets connection.unblocked. Connections that only consume are
+//! never blocked.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use ferry_core::alarm::ResourceAlarms;
 use ferry_core::{Broker, BrokerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-async fn send(s: &mut TcpStream, class: AMQPClass) {
-    let ctx = gen_frame(&AMQPFrame::Method(0, class))(WriteContext::from(Vec::new())).unwrap();
-    s.write_all(&ctx.into_inner().0).await.unwrap();
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
 }
 
-async fn recv(s: &mut TcpStream, buf: &mut Vec<u8>) -> AMQPFrame {
-    loop {
-        if let Ok((rest, f)) = parse_frame(&buf[..]) {
-            let used = buf.len() - rest.len();
-            buf.drain(..used);
-            return f;
+impl Client {
+    async fn send(&mut self, ch: u16, class: AMQPClass) {
+        let ctx = gen_frame(&AMQPFrame::Method(ch, class))(WriteContext::from(Vec::new())).unwrap();
+        self.s.write_all(&ctx.into_inner().0).await.unwrap();
+    }
+
+    /// The next frame, or None if nothing comes within `wait`.
+    async fn try_recv(&mut self, wait: Duration) -> Option<AMQPFrame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Ok((rest, f)) = parse_frame(&self.buf[..]) {
+                let used = self.buf.len() - rest.len();
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.s.read(&mut chunk))
+                .await
+                .ok()?
+                .unwrap();
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
         }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+    }
+
+    async fn recv(&mut self) -> AMQPFrame {
+        self.try_recv(Duration::from_secs(10))
             .await
             .expect("a frame within 10 s")
-            .unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
+    }
+
+    async fn open(addr: std::net::SocketAddr, blocked_capability: bool) -> Client {
+        let mut c = Client {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        };
+        c.s.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        assert!(matches!(
+            c.recv().await,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
+        ));
+        let mut caps = FieldTable::default();
+        caps.insert(
+            "connection.blocked".into(),
+            AMQPValue::Boolean(blocked_capability),
+        );
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        c.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: LongString::from(b"\0guest\0guest".to_vec()),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))
+        ));
+        c.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 2047,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+        )
+        .await;
+        c.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+        ));
+        c.send(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+        ));
+        c
+    }
+
+    async fn declare(&mut self, name: &str) {
+        self.send(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name.into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+        assert!(matches!(
+            self.recv().await,
+            AMQPFrame::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+        ));
+    }
+
+    /// basic.publish to the default exchange, content header and body.
+    async fn publish(&mut self, routing_key: &str, body: &[u8]) {
+        self.send(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: routing_key.into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        )
+        .await;
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        header.extend_from_slice(&[0, 0]);
+        let mut bytes = Vec::new();
+        for (kind, payload) in [(2u8, &header[..]), (3u8, body)] {
+            bytes.push(kind);
+            bytes.extend_from_slice(&1u16.to_be_bytes());
+            bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(payload);
+            bytes.push(0xCE);
+        }
+        self.s.write_all(&bytes).await.unwrap();
+    }
+
+    /// basic.get with no-ack: the message count after it, or None if empty.
+    async fn get(&mut self, queue: &str) -> Option<u32> {
+        self.send(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: queue.into(),
+                no_ack: true,
+            })),
+        )
+        .await;
+        match self.recv().await {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetOk(ok))) => {
+                // Header and body follow.
+                self.recv().await;
+                self.recv().await;
+                Some(ok.message_count)
+            }
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => None,
+            other => panic!("expected get-ok or get-empty, got {other:?}"),
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_and_unblocked_follow_the_alarm() {
+async fn server(
+    alarm: watch::Receiver<ResourceAlarms>,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<Broker>,
+    std::net::SocketAddr,
+) {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig::new(dir.path());
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
@@ -45,80 +200,142 @@ async fn blocked_and_unblocked_follow_the_alarm() {
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (alarm_tx, alarm) = watch::channel(Some("disk alarm".to_string()));
     tokio::spawn(ferry_amqp::serve_with_alarm(
         listener,
         broker.messaging().clone(),
         ferry_amqp::AmqpConfig::default(),
         alarm,
     ));
+    (dir, broker, addr)
+}
 
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut buf = Vec::new();
-    s.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
-    assert!(matches!(
-        recv(&mut s, &mut buf).await,
-        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
-    ));
-    let mut caps = FieldTable::default();
-    caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
-    let mut props = FieldTable::default();
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    send(
-        &mut s,
-        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: LongString::from(b"\0guest\0guest".to_vec()),
-            locale: "en_US".into(),
-        })),
-    )
-    .await;
-    assert!(matches!(
-        recv(&mut s, &mut buf).await,
-        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))
-    ));
-    send(
-        &mut s,
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 2047,
-            frame_max: 131072,
-            heartbeat: 0,
-        })),
-    )
-    .await;
-    send(
-        &mut s,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    )
-    .await;
-    assert!(matches!(
-        recv(&mut s, &mut buf).await,
-        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
-    ));
-    // The alarm was already on when the connection opened.
-    match recv(&mut s, &mut buf).await {
+const DISK: ResourceAlarms = ResourceAlarms {
+    memory: false,
+    disk: true,
+};
+const BOTH: ResourceAlarms = ResourceAlarms {
+    memory: true,
+    disk: true,
+};
+
+/// basic.get until a message comes (publishes are asynchronous).
+async fn get_soon(c: &mut Client, queue: &str) -> Option<u32> {
+    for _ in 0..100 {
+        if let Some(n) = c.get(queue).await {
+            return Some(n);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_are_blocked_until_the_alarm_clears() {
+    let (alarm_tx, alarm) = watch::channel(ResourceAlarms::default());
+    let (_dir, broker, addr) = server(alarm).await;
+
+    let mut consumer = Client::open(addr, true).await;
+    consumer.declare("q").await;
+    let mut publisher = Client::open(addr, true).await;
+    publisher.publish("q", b"before").await;
+    publisher.publish("q", b"queued").await;
+    // Both arrived (one left after this get).
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
+
+    alarm_tx.send(DISK).unwrap();
+    // Nothing is said until the connection publishes.
+    assert!(
+        publisher
+            .try_recv(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    publisher.publish("q", b"first").await;
+    match publisher.recv().await {
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(b))) => {
-            assert_eq!(b.reason.as_str(), "disk alarm")
+            assert_eq!(b.reason.as_str(), "low on disk")
         }
         other => panic!("expected connection.blocked, got {other:?}"),
     }
-    alarm_tx.send(None).unwrap();
+    // As in RabbitMQ, reading stopped after the content header: the body
+    // of that publish and everything after it wait for the alarm to clear.
+    publisher.publish("q", b"second").await;
+    // A consumer-only connection keeps draining, and is never blocked.
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(consumer.get("q").await, None);
+
+    // Another alarm on top: no second connection.blocked.
+    alarm_tx.send(BOTH).unwrap();
+    assert!(
+        publisher
+            .try_recv(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    alarm_tx.send(DISK).unwrap();
+    assert!(
+        publisher
+            .try_recv(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(consumer.get("q").await, None);
+
+    alarm_tx.send(ResourceAlarms::default()).unwrap();
     assert!(matches!(
-        recv(&mut s, &mut buf).await,
+        publisher.recv().await,
         AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
         )
     ));
-    alarm_tx.send(Some("memory alarm".into())).unwrap();
-    match recv(&mut s, &mut buf).await {
+    // Reading resumed: both held publishes arrive.
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(0));
+
+    // A new alarm: blocked again on the next publish, with its reason.
+    alarm_tx
+        .send(ResourceAlarms {
+            memory: true,
+            disk: false,
+        })
+        .unwrap();
+    publisher.publish("q", b"third").await;
+    match publisher.recv().await {
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(b))) => {
-            assert_eq!(b.reason.as_str(), "memory alarm")
+            assert_eq!(b.reason.as_str(), "low on memory")
         }
         other => panic!("expected connection.blocked, got {other:?}"),
     }
+    broker.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_the_capability_are_blocked_silently() {
+    let (alarm_tx, alarm) = watch::channel(DISK);
+    let (_dir, broker, addr) = server(alarm).await;
+    let mut consumer = Client::open(addr, false).await;
+    consumer.declare("q").await;
+    let mut publisher = Client::open(addr, false).await;
+    publisher.publish("q", b"first").await;
+    publisher.publish("q", b"second").await;
+    assert!(
+        publisher
+            .try_recv(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(consumer.get("q").await, None);
+    alarm_tx.send(ResourceAlarms::default()).unwrap();
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
+    assert_eq!(get_soon(&mut consumer, "q").await, Some(0));
+    // Neither blocked nor unblocked was sent.
+    assert!(
+        publisher
+            .try_recv(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
     broker.shutdown();
 }

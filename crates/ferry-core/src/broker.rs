@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::CoreError;
+use crate::alarm::{Alarms, ResourceAlarms, ResourceLimits};
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::messaging::{Messaging, MessagingConfig};
@@ -54,6 +55,8 @@ pub struct BrokerConfig {
     /// Segment size of routed-messaging queue logs: drained queues give disk
     /// back in units of this.
     pub queue_segment_bytes: u64,
+    /// Disk and memory limits of the resource alarms (`alarm.rs`).
+    pub resource_limits: ResourceLimits,
 }
 
 impl BrokerConfig {
@@ -66,6 +69,7 @@ impl BrokerConfig {
             retention_check_interval_ms: 60_000,
             groups: GroupConfig::default(),
             queue_segment_bytes: MessagingConfig::default().queue_segment_bytes,
+            resource_limits: ResourceLimits::default(),
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct Broker {
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
     messaging: Arc<Messaging>,
+    /// Disk and memory alarms, for every front end to follow.
+    alarms: Arc<Alarms>,
     /// Holds the directory's flock for the broker's lifetime.
     _lock_file: File,
 }
@@ -200,6 +206,7 @@ impl Broker {
             groups,
             producer_ids,
             messaging: Arc::new(messaging),
+            alarms: Arc::new(Alarms::default()),
             _lock_file: lock_file,
         };
         for (name, record) in records {
@@ -319,6 +326,25 @@ impl Broker {
     /// The routed-messaging model (vhosts, exchanges, bindings, queues).
     pub fn messaging(&self) -> &Arc<Messaging> {
         &self.messaging
+    }
+
+    /// The resource alarms: `borrow()` for the current state, `changed()`
+    /// to wait for the next change. Raised and cleared by
+    /// `run_resource_monitor`.
+    pub fn alarms(&self) -> tokio::sync::watch::Receiver<ResourceAlarms> {
+        self.alarms.subscribe()
+    }
+
+    /// Watches free disk space under the data directory and the process's
+    /// memory until the task is dropped (once a second by default), raising
+    /// and clearing the alarms. Run it with `tokio::spawn`.
+    pub async fn run_resource_monitor(self: Arc<Self>) {
+        crate::alarm::run_monitor(
+            self.alarms.clone(),
+            self.config.data_dir.clone(),
+            self.config.resource_limits,
+        )
+        .await
     }
 
     pub fn cluster_id(&self) -> &str {

@@ -6,6 +6,8 @@
 //! end (`ferry-kafka`, ...). Front ends translate protocol requests into calls
 //! here and map [`CoreError`] to their protocol's error codes.
 
+pub mod access;
+pub mod alarm;
 mod broker;
 mod catalog;
 mod error;

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use ferry_core::access::{AccessControl, UserSpec};
+use ferry_core::alarm::{MemoryLimit, ResourceLimits, parse_bytes};
 use ferry_core::group::GroupConfig;
 use serde::Deserialize;
 
@@ -96,6 +99,16 @@ pub struct ServeArgs {
     /// Log output: human or json [default: human].
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Raise the disk alarm (publishers blocked) when the data directory's filesystem has fewer free bytes; units like 1GB or 512MiB work [default: 50000000].
+    #[arg(long, env = "FERRY_DISK_FREE_LIMIT", value_name = "BYTES")]
+    pub disk_free_limit: Option<String>,
+    /// Raise the memory alarm (publishers blocked) above this resident memory: bytes (1073741824, 1GiB) or a fraction of RAM (0.4) [default: 0.4].
+    #[arg(
+        long,
+        env = "FERRY_MEMORY_HIGH_WATERMARK",
+        value_name = "BYTES|FRACTION"
+    )]
+    pub memory_high_watermark: Option<String>,
 }
 
 /// The TOML file's shape. Unknown keys are errors, so a typo is reported
@@ -117,6 +130,8 @@ struct FileConfig {
     topic_defaults: BTreeMap<String, toml::Value>,
     #[serde(default)]
     groups: FileGroups,
+    disk_free_limit: Option<toml::Value>,
+    memory_high_watermark: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +155,12 @@ struct FileKafka {
 #[serde(deny_unknown_fields)]
 struct FileAmqp {
     listen: Option<String>,
+    /// Vhosts to create at start (`/` is always there).
+    vhosts: Option<Vec<String>>,
+    /// Replace the default guest user when given.
+    users: Option<Vec<UserSpec>>,
+    /// Users allowed to connect from loopback addresses only.
+    loopback_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +198,12 @@ pub struct Settings {
     pub topic_defaults: BTreeMap<String, String>,
     pub groups: GroupConfig,
     pub log_format: LogFormat,
+    /// Vhosts the AMQP front end offers (created at start).
+    pub amqp_vhosts: Vec<String>,
+    /// AMQP users and their vhost permissions.
+    pub amqp_access: Arc<AccessControl>,
+    /// Disk and memory alarms.
+    pub resource_limits: ResourceLimits,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -222,6 +249,9 @@ impl Settings {
                 i32::MAX
             );
         }
+        let resource_limits = resource_limits(args, &file)?;
+        let amqp_vhosts = amqp_vhosts(&file.amqp)?;
+        let amqp_access = Arc::new(amqp_access(&file.amqp)?);
         Ok(Settings {
             data_dir: args
                 .data_dir
@@ -271,8 +301,80 @@ impl Settings {
             topic_defaults,
             groups: group_config(args, &file.groups)?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            resource_limits,
+            amqp_vhosts,
+            amqp_access,
         })
     }
+}
+
+fn amqp_vhosts(file: &FileAmqp) -> anyhow::Result<Vec<String>> {
+    let vhosts = file.vhosts.clone().unwrap_or_else(|| vec!["/".to_string()]);
+    for v in &vhosts {
+        if v.is_empty() || v.len() > 255 {
+            bail!("[amqp] vhosts: '{v}' must be 1 to 255 bytes long");
+        }
+    }
+    Ok(vhosts)
+}
+
+/// `[[amqp.users]]`, or RabbitMQ's default guest user when none are given.
+fn amqp_access(file: &FileAmqp) -> anyhow::Result<AccessControl> {
+    let users = file
+        .users
+        .clone()
+        .unwrap_or_else(|| vec![UserSpec::guest()]);
+    let vhosts = amqp_vhosts(file)?;
+    for u in &users {
+        for v in u.permissions.keys() {
+            // "/" always exists in the engine.
+            if v != "/" && !vhosts.contains(v) {
+                bail!(
+                    "[[amqp.users]] '{}' has permissions on vhost '{v}', which [amqp] vhosts does not list",
+                    u.name
+                );
+            }
+        }
+    }
+    let loopback = file
+        .loopback_users
+        .clone()
+        .unwrap_or_else(|| vec!["guest".to_string()]);
+    AccessControl::new(users, loopback).context("[[amqp.users]]")
+}
+
+fn resource_limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<ResourceLimits> {
+    let mut limits = ResourceLimits::default();
+    if let Some(flag) = &args.disk_free_limit {
+        limits.disk_free_limit =
+            parse_bytes(flag).map_err(|e| anyhow::anyhow!("--disk-free-limit: {e}"))?;
+    } else if let Some(v) = &file.disk_free_limit {
+        limits.disk_free_limit = match v {
+            toml::Value::Integer(i) if *i >= 0 => *i as u64,
+            toml::Value::String(s) => {
+                parse_bytes(s).map_err(|e| anyhow::anyhow!("disk_free_limit: {e}"))?
+            }
+            other => {
+                bail!("disk_free_limit must be a byte count (50000000 or \"50MB\"), not {other}")
+            }
+        };
+    }
+    if let Some(flag) = &args.memory_high_watermark {
+        limits.memory_high_watermark = MemoryLimit::parse(flag)
+            .map_err(|e| anyhow::anyhow!("--memory-high-watermark: {e}"))?;
+    } else if let Some(v) = &file.memory_high_watermark {
+        limits.memory_high_watermark = match v {
+            toml::Value::Integer(i) if *i >= 0 => MemoryLimit::Absolute(*i as u64),
+            toml::Value::Float(f) if (0.0..=1.0).contains(f) => MemoryLimit::Relative(*f),
+            toml::Value::String(s) => {
+                MemoryLimit::parse(s).map_err(|e| anyhow::anyhow!("memory_high_watermark: {e}"))?
+            }
+            other => bail!(
+                "memory_high_watermark must be bytes (1073741824, \"1GiB\") or a fraction of RAM (0.4), not {other}"
+            ),
+        };
+    }
+    Ok(limits)
 }
 
 fn group_config(args: &ServeArgs, file: &FileGroups) -> anyhow::Result<GroupConfig> {
@@ -381,6 +483,109 @@ default_partitions = 3
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("listen_addr"), "{err:#}");
+    }
+
+    #[test]
+    fn users_vhosts_and_alarms_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            r#"
+disk_free_limit = "1GB"
+memory_high_watermark = 0.5
+[amqp]
+vhosts = ["/", "orders"]
+loopback_users = []
+[[amqp.users]]
+name = "app"
+password = "pw"
+tags = ["impersonator"]
+permissions."orders" = { configure = "^orders\\.", write = ".*", read = ".*" }
+[[amqp.users]]
+name = "admin"
+password_hash = "y4xPTRVfzXg68sz9ALqeQzARam3CwnGo53xS752cDV5+Utzh"
+[amqp.users.permissions."/"]
+configure = ".*"
+write = ".*"
+read = ".*"
+"#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.amqp_vhosts, ["/", "orders"]);
+        assert_eq!(s.resource_limits.disk_free_limit, 1_000_000_000);
+        assert_eq!(
+            s.resource_limits.memory_high_watermark,
+            MemoryLimit::Relative(0.5)
+        );
+        let remote: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let a = &s.amqp_access;
+        assert!(a.authenticate("app", "pw", remote).is_ok());
+        assert!(a.authenticate("admin", "1", remote).is_ok());
+        assert!(a.authenticate("guest", "guest", remote).is_err());
+        assert!(a.check_vhost_access("app", "orders").is_ok());
+        assert!(a.check_vhost_access("app", "/").is_err());
+        // Flags win over the file.
+        let s = Settings::resolve(&ServeArgs {
+            disk_free_limit: Some("123".into()),
+            memory_high_watermark: Some("2GiB".into()),
+            ..args
+        })
+        .unwrap();
+        assert_eq!(s.resource_limits.disk_free_limit, 123);
+        assert_eq!(
+            s.resource_limits.memory_high_watermark,
+            MemoryLimit::Absolute(2 << 30)
+        );
+        // Defaults: guest on "/", RabbitMQ's limits.
+        let d = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(d.amqp_vhosts, ["/"]);
+        assert_eq!(d.resource_limits, ResourceLimits::default());
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(d.amqp_access.authenticate("guest", "guest", local).is_ok());
+        assert!(
+            d.amqp_access
+                .authenticate("guest", "guest", remote)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_users_and_limits_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        let err = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let e = Settings::resolve(&ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+            .unwrap_err();
+            format!("{e:#}")
+        };
+        let e = err(
+            "[[amqp.users]]\nname = \"u\"\npassword = \"p\"\npermissions.other = { configure = \"\", write = \"\", read = \"\" }\n",
+        );
+        assert!(e.contains("vhost 'other'"), "{e}");
+        let e = err("[[amqp.users]]\nname = \"u\"\n");
+        assert!(e.contains("password"), "{e}");
+        let e = err("[[amqp.users]]\nname = \"u\"\npassword = \"p\"\npasword = \"typo\"\n");
+        assert!(e.contains("pasword"), "{e}");
+        let e = err("memory_high_watermark = 1.5\n");
+        assert!(e.contains("memory_high_watermark"), "{e}");
+        let e = err("disk_free_limit = \"lots\"\n");
+        assert!(e.contains("disk_free_limit"), "{e}");
+        let e = Settings::resolve(&ServeArgs {
+            disk_free_limit: Some("5 parsecs".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--disk-free-limit"), "{e:#}");
     }
 
     #[test]

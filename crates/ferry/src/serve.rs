@@ -44,12 +44,18 @@ async fn bind(what: &str, addr: &str, flag: &str) -> anyhow::Result<(TcpListener
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Watch the signals before anything is announced: a supervisor may send
+    // SIGTERM as soon as it sees a listener's log line, and that must be a
+    // clean shutdown, not the default action (death without flushing).
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut broker_config = BrokerConfig::new(&settings.data_dir);
     broker_config.auto_create_topics = settings.auto_create_topics;
     broker_config.default_partitions = settings.default_partitions;
     broker_config.topic_defaults = settings.topic_defaults.clone();
     broker_config.retention_check_interval_ms = settings.retention_check_interval_ms;
     broker_config.groups = settings.groups.clone();
+    broker_config.resource_limits = settings.resource_limits;
 
     // Bind before opening the data directory, so a taken port fails fast.
     let (kafka_listener, kafka_addr) =
@@ -77,7 +83,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut kafka_config = KafkaConfig::new(adv_host, adv_port);
     kafka_config.request_bytes_max = settings.kafka_request_bytes_max;
 
+    for vhost in &settings.amqp_vhosts {
+        broker.messaging().add_vhost(vhost);
+    }
+
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
+    let resource_monitor = tokio::spawn(broker.clone().run_resource_monitor());
     let group_timers = tokio::spawn(broker.groups().clone().run_timers());
     let kafka = tokio::spawn(ferry_kafka::serve(
         kafka_listener,
@@ -85,10 +96,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         kafka_config,
     ));
     tracing::info!("kafka listening on {kafka_addr}");
-    let amqp = tokio::spawn(ferry_amqp::serve(
+    let amqp_config = ferry_amqp::AmqpConfig {
+        access: settings.amqp_access.clone(),
+        ..ferry_amqp::AmqpConfig::default()
+    };
+    let amqp = tokio::spawn(ferry_amqp::serve_with_alarm(
         amqp_listener,
         broker.messaging().clone(),
-        ferry_amqp::AmqpConfig::default(),
+        amqp_config,
+        broker.alarms(),
     ));
     tracing::info!("amqp listening on {amqp_addr}");
     let mut sqs_config = ferry_sqs::SqsConfig::new(&settings.data_dir);
@@ -100,15 +116,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let sqs = tokio::spawn(ferry_sqs::serve(sqs_listener, sqs_state));
     tracing::info!("sqs listening on {sqs_addr}");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
     }
     kafka.abort();
     amqp.abort();
     sqs.abort();
     maintenance.abort();
+    resource_monitor.abort();
     group_timers.abort();
     let closing = broker.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())

@@ -26,6 +26,8 @@ pub struct Login<'a> {
     pub auth_failure_close: bool,
     pub frame_max: u32,
     pub heartbeat: u16,
+    /// Announce the connection.blocked capability.
+    pub blocked_capability: bool,
 }
 
 impl Default for Login<'_> {
@@ -37,6 +39,7 @@ impl Default for Login<'_> {
             auth_failure_close: true,
             frame_max: 131072,
             heartbeat: 0,
+            blocked_capability: false,
         }
     }
 }
@@ -150,6 +153,9 @@ impl Amqp {
             AMQPValue::Boolean(login.auth_failure_close),
         );
         caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
+        if login.blocked_capability {
+            caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
+        }
         let mut props = FieldTable::default();
         props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
         self.send(
@@ -323,6 +329,71 @@ impl Amqp {
         f.extend_from_slice(&p);
         f.push(0xCE);
         self.send_raw(&f);
+    }
+
+    /// Sends a method on `ch` and returns the next method on that channel.
+    /// A channel.close is answered with close-ok and returned as
+    /// Err((code, text)).
+    pub fn call(&mut self, ch: u16, class: AMQPClass) -> Result<AMQPClass, (u16, String)> {
+        self.send(ch, class);
+        self.next_on(ch)
+    }
+
+    /// The next method on `ch` (other channels' frames skipped); see `call`.
+    pub fn next_on(&mut self, ch: u16) -> Result<AMQPClass, (u16, String)> {
+        loop {
+            match self.recv().expect("a frame") {
+                AMQPFrame::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(close)))
+                    if c == ch =>
+                {
+                    self.send(
+                        ch,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                    return Err((close.reply_code, close.reply_text.as_str().to_string()));
+                }
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
+                    panic!(
+                        "connection.close {} {} while waiting on channel {ch}",
+                        c.reply_code,
+                        c.reply_text.as_str()
+                    )
+                }
+                AMQPFrame::Method(c, m) if c == ch => return Ok(m),
+                _ => continue,
+            }
+        }
+    }
+
+    /// basic.publish with a body and, if given, a `user_id` property.
+    pub fn publish(
+        &mut self,
+        ch: u16,
+        exchange: &str,
+        routing_key: &str,
+        user_id: Option<&str>,
+        body: &[u8],
+    ) {
+        self.publish_header(ch, exchange, routing_key);
+        let mut p = vec![0, 60, 0, 0];
+        p.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        match user_id {
+            Some(u) => {
+                p.extend_from_slice(&0x0010u16.to_be_bytes());
+                p.push(u.len() as u8);
+                p.extend_from_slice(u.as_bytes());
+            }
+            None => p.extend_from_slice(&[0, 0]),
+        }
+        let mut f = vec![2];
+        f.extend_from_slice(&ch.to_be_bytes());
+        f.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        f.extend_from_slice(&p);
+        f.push(0xCE);
+        self.send_raw(&f);
+        if !body.is_empty() {
+            self.content_body(ch, body);
+        }
     }
 
     pub fn content_body(&mut self, ch: u16, body: &[u8]) {

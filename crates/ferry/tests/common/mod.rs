@@ -52,8 +52,9 @@ impl Server {
             .arg(listen)
             .args(extra)
             .env("FERRY_LOG", "info")
-            // A free port for AMQP too; a test's own --amqp-listen flag wins.
+            // Free ports for AMQP and SQS too; a test's own flags win.
             .env("FERRY_AMQP_LISTEN", "127.0.0.1:0")
+            .env("FERRY_SQS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
