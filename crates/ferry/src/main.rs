@@ -1,6 +1,8 @@
 //! The `ferry` binary: `ferry serve` runs the broker; `ferry topic`,
-//! `produce`, `consume` and `group` are a Kafka client for operators.
+//! `produce`, `consume` and `group` are a Kafka client for operators;
+//! `ferry bench` is a load generator (`ferry bench amqp`).
 
+mod bench;
 mod cli;
 mod config;
 mod serve;
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(config::ServeArgs),
+    /// Measure a broker (Ferry or another) with a load generator: `ferry bench amqp`.
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -43,6 +47,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => return bench::run(args),
         Command::Client(command) => return cli::run(command),
     };
     match result {

@@ -1,0 +1,74 @@
+//! `ferry bench`: load generators that measure a broker with the same client
+//! whichever broker it is (Ferry, RabbitMQ, ...), so that a comparison is
+//! side by side. `ferry bench amqp` speaks AMQP 0-9-1 through the `lapin`
+//! crate; Kafka and SQS are meant to join it as `ferry bench kafka|sqs`
+//! (issue 6) and share `stats` (latency histograms, counters, the progress
+//! line, the broker's CPU and memory) and `report` (the summary and its JSON).
+
+mod amqp;
+mod report;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+/// `ferry bench <protocol> ...`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Publish and consume through an AMQP 0-9-1 broker (Ferry or RabbitMQ)
+    /// and report msgs/s, MB/s and end-to-end latency.
+    #[command(
+        long_about = "Publish and consume through an AMQP 0-9-1 broker (Ferry, RabbitMQ or any \
+other) with the lapin client, and report published and consumed msgs/s and MB/s and the \
+end-to-end latency (p50, p99, p99.9, max) from a send timestamp carried in each message body.\n\n\
+Queues are durable and named PREFIX-0 .. PREFIX-(N-1); they are declared (and, unless \
+--no-purge, purged) before the run. Producers use the default exchange with the queue name as \
+routing key; producer i publishes to queues i, i+P, i+2P, ... in turn (to queue i mod N when \
+there are more producers than queues). Every producer and every consumer has its own \
+connection and channel.\n\n\
+A progress line goes to stderr every second; the summary goes to stdout (JSON with --json).",
+        after_help = concat!(
+            "Examples:\n",
+            "  ferry bench amqp --count 1000000 --persistent --confirm 500 --manual-ack --prefetch 100\n",
+            "  ferry bench amqp --queues 16 --duration 30s --rate 10000 --persistent --confirm --manual-ack\n",
+            "  ferry bench amqp --publish-only --count 10000000 --persistent --confirm   # fill a backlog\n",
+            "  ferry bench amqp --consume-only --manual-ack                              # drain it\n\n",
+            "Exit codes: 0 the run completed, 1 it did not (usage error, connection or channel \
+error, messages missing at the end)."
+        )
+    )]
+    Amqp(amqp::AmqpArgs),
+}
+
+pub fn run(args: BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match args.command {
+        BenchCommand::Amqp(a) => runtime.block_on(amqp::run(a)),
+    };
+    // lapin's I/O threads may still be winding down; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ferry bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
