@@ -33,6 +33,7 @@ SHUTDOWN_TIMEOUT_S = 20.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LISTENING = re.compile(r"kafka listening on (\S+):(\d+)")
 _AMQP_LISTENING = re.compile(r"amqp listening on (\S+):(\d+)")
+_SQS_LISTENING = re.compile(r"sqs listening on (\S+):(\d+)")
 
 
 def ferry_bin() -> Path:
@@ -101,6 +102,9 @@ class FerryServer:
         # The AMQP 0-9-1 listener (a free port unless the test's ferry_args
         # give --amqp-listen).
         self.amqp_port: int | None = None
+        # The SQS HTTP listener (a free port unless the test's ferry_args
+        # give --sqs-listen).
+        self.sqs_port: int | None = None
         # Exit statuses of clean stops (SIGTERM), in order.
         self.exit_codes: list[int] = []
         # Whether the current process was stopped on purpose (stop/kill9).
@@ -121,6 +125,12 @@ class FerryServer:
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/%2F"
 
     @property
+    def sqs_endpoint(self) -> str:
+        """http:// endpoint URL of the SQS listener (for boto3's endpoint_url)."""
+        assert self.sqs_port is not None, "server not started"
+        return f"http://127.0.0.1:{self.sqs_port}"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None, "server not started"
         return self.proc.pid
@@ -133,7 +143,9 @@ class FerryServer:
         except FileNotFoundError:
             return ""
 
-    def start(self, listen: str = "127.0.0.1:0", amqp_listen: str = "127.0.0.1:0") -> None:
+    def start(
+        self, listen: str = "127.0.0.1:0", amqp_listen: str = "127.0.0.1:0", sqs_listen: str = "127.0.0.1:0"
+    ) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         binary = ferry_bin()
         if not binary.exists():
@@ -146,6 +158,7 @@ class FerryServer:
             "--kafka-listen",
             listen,
             *([] if "--amqp-listen" in self.extra_args else ["--amqp-listen", amqp_listen]),
+            *([] if "--sqs-listen" in self.extra_args else ["--sqs-listen", sqs_listen]),
             *self.extra_args,
         ]
         self._stopped_on_purpose = False
@@ -168,9 +181,11 @@ class FerryServer:
             text = self._log_since_start()
             m = _LISTENING.search(text)
             amqp = _AMQP_LISTENING.search(text)
-            if m and amqp:
+            sqs = _SQS_LISTENING.search(text)
+            if m and amqp and sqs:
                 self.host, self.port = m.group(1), int(m.group(2))
                 self.amqp_port = int(amqp.group(2))
+                self.sqs_port = int(sqs.group(2))
                 self._probe()
                 return
             code = self.proc.poll()
@@ -179,7 +194,7 @@ class FerryServer:
             if time.monotonic() > deadline:
                 self._kill()
                 raise ServerError(
-                    f"ferry did not log 'kafka listening on' and 'amqp listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
+                    f"ferry did not log 'kafka listening on', 'amqp listening on' and 'sqs listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
                 )
             time.sleep(0.02)
 
@@ -213,7 +228,11 @@ class FerryServer:
             raise ServerError(f"ferry exited with status {code} on SIGTERM during restart:\n{self.log}")
         old = self.port
         try:
-            self.start(listen=f"127.0.0.1:{old}", amqp_listen=f"127.0.0.1:{self.amqp_port}")
+            self.start(
+                listen=f"127.0.0.1:{old}",
+                amqp_listen=f"127.0.0.1:{self.amqp_port}",
+                sqs_listen=f"127.0.0.1:{self.sqs_port}",
+            )
         except ServerError:
             if self.proc is not None and self.proc.poll() is None:
                 raise

@@ -417,7 +417,14 @@ impl Sqs {
     ) -> SqsResult<Vec<Delivery>> {
         let visibility = Duration::from_secs(visibility_s.unsigned_abs());
         if !q.fifo {
-            return Ok(engine.receive_batch(visibility, max, max, &mut |_| true)?);
+            let got = engine.receive_batch(visibility, max, max, &mut |_| true)?;
+            if visibility.is_zero() {
+                // Visible again at once (the engine's timer would take a tick).
+                for d in &got {
+                    let _ = engine.set_visibility(d.id, Duration::ZERO);
+                }
+            }
+            return Ok(got);
         }
         let _one_at_a_time = q.fifo_receive.lock().await;
         let locked: HashSet<Vec<u8>> = {
@@ -431,6 +438,12 @@ impl Sqs {
         let got = engine.receive_batch(visibility, max, FIFO_SCAN_MAX, &mut |m| {
             !locked.contains(group_of(m))
         })?;
+        if visibility.is_zero() {
+            for d in &got {
+                let _ = engine.set_visibility(d.id, Duration::ZERO);
+            }
+            return Ok(got);
+        }
         let mut rt = q.runtime();
         for d in &got {
             let g = String::from_utf8_lossy(group_of(&d.message)).into_owned();
