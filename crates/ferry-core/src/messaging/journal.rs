@@ -5,8 +5,11 @@
 //!
 //! Record (21 bytes, little-endian): `tag u8 | a u64 | b u64 | crc32c u32`
 //! of the 17 bytes before it. Tags: 1 settled `a`; 2 settled `[a, b)`;
-//! 3 `a` delivered for the `b`-th time; 4 queue flags `a`. Replay stops at
-//! the first record that fails its CRC (a torn tail) and cuts the file there.
+//! 3 `a` delivered for the `b`-th time; 4 queue flags `a`; 5 `a` in flight
+//! with a visibility deadline at `b` (milliseconds since the epoch; 0: no
+//! longer), so that a restart keeps an SQS message hidden until its deadline
+//! instead of handing it out again at once. Replay stops at the first record
+//! that fails its CRC (a torn tail) and cuts the file there.
 //!
 //! Writes go to the page cache as each operation completes (a killed process
 //! loses nothing); fsyncs happen on the messaging timer and at close, so a
@@ -26,6 +29,7 @@ const TAG_SETTLED: u8 = 1;
 const TAG_SETTLED_RANGE: u8 = 2;
 const TAG_DELIVERED: u8 = 3;
 const TAG_FLAGS: u8 = 4;
+const TAG_HIDDEN: u8 = 5;
 /// Below this size the journal is never compacted.
 const COMPACT_BYTES_MIN: u64 = 1 << 20;
 
@@ -39,6 +43,8 @@ pub(crate) struct JournalState {
     pub settled: RangeSet,
     pub delivered: HashMap<u64, u32>,
     pub flags: u64,
+    /// Visibility deadlines (ms since the epoch) of unsettled offsets.
+    pub hidden: HashMap<u64, i64>,
 }
 
 #[derive(Debug)]
@@ -90,11 +96,15 @@ impl Journal {
                 TAG_SETTLED => {
                     state.settled.insert(a);
                     state.delivered.remove(&a);
+                    state.hidden.remove(&a);
                 }
                 TAG_SETTLED_RANGE => {
                     state.settled.insert_range(a, b);
                     if !state.delivered.is_empty() {
                         state.delivered.retain(|o, _| *o < a || *o >= b);
+                    }
+                    if !state.hidden.is_empty() {
+                        state.hidden.retain(|o, _| *o < a || *o >= b);
                     }
                 }
                 TAG_DELIVERED => {
@@ -105,6 +115,14 @@ impl Journal {
                     }
                 }
                 TAG_FLAGS => state.flags = a,
+                TAG_HIDDEN => {
+                    let until = i64::try_from(b).unwrap_or(i64::MAX);
+                    if until == 0 || state.settled.contains(a) {
+                        state.hidden.remove(&a);
+                    } else {
+                        state.hidden.insert(a, until);
+                    }
+                }
                 _ => break,
             }
             good += RECORD_BYTES;
@@ -149,6 +167,15 @@ impl Journal {
             .extend_from_slice(&record(TAG_DELIVERED, offset, u64::from(count)));
     }
 
+    /// `offset` is in flight until `until_ms` (0: it no longer is).
+    pub fn hidden(&mut self, offset: u64, until_ms: i64) {
+        self.pending.extend_from_slice(&record(
+            TAG_HIDDEN,
+            offset,
+            u64::try_from(until_ms).unwrap_or(0),
+        ));
+    }
+
     pub fn flags(&mut self, flags: u64) {
         self.pending.extend_from_slice(&record(TAG_FLAGS, flags, 0));
     }
@@ -182,12 +209,13 @@ impl Journal {
     }
 
     /// Replaces the journal with one describing `state` (the settled ranges
-    /// given, the delivery counts, the flags): temp file, fsync, rename,
-    /// directory fsync.
+    /// given, the delivery counts, the visibility deadlines, the flags):
+    /// temp file, fsync, rename, directory fsync.
     pub fn rewrite(
         &mut self,
         settled: impl Iterator<Item = (u64, u64)>,
         delivered: impl Iterator<Item = (u64, u32)>,
+        hidden: impl Iterator<Item = (u64, i64)>,
         flags: u64,
     ) -> io::Result<()> {
         let mut out = Vec::new();
@@ -197,6 +225,9 @@ impl Journal {
         }
         for (o, c) in delivered {
             out.extend_from_slice(&record(TAG_DELIVERED, o, u64::from(c)));
+        }
+        for (o, until) in hidden {
+            out.extend_from_slice(&record(TAG_HIDDEN, o, u64::try_from(until).unwrap_or(0)));
         }
         let tmp = self.dir.join(format!("{JOURNAL_FILE}.tmp"));
         let mut f = File::create(&tmp)?;
@@ -228,6 +259,11 @@ mod tests {
         j.flags(FLAG_INDEXED);
         j.delivered(3, 1);
         j.delivered(5, 2);
+        j.hidden(5, 1_700_000_000_000);
+        j.hidden(3, 1_700_000_000_000);
+        j.delivered(6, 1);
+        j.hidden(6, 1_700_000_000_000);
+        j.hidden(6, 0);
         j.settled(3);
         j.settled_range(7, 10);
         j.write_pending().unwrap();
@@ -241,12 +277,20 @@ mod tests {
         assert!(s.settled.contains(3) && s.settled.contains(8) && !s.settled.contains(5));
         assert_eq!(s.delivered.get(&5), Some(&2));
         assert_eq!(s.delivered.get(&3), None);
+        assert_eq!(s.hidden.get(&5), Some(&1_700_000_000_000));
+        assert_eq!(s.hidden.get(&3), None);
+        assert_eq!(s.hidden.get(&6), None);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len() % RECORD_BYTES as u64,
             0
         );
-        j.rewrite(s.settled.ranges(), s.delivered.clone().into_iter(), s.flags)
-            .unwrap();
+        j.rewrite(
+            s.settled.ranges(),
+            s.delivered.clone().into_iter(),
+            s.hidden.clone().into_iter(),
+            s.flags,
+        )
+        .unwrap();
         drop(j);
         let (_, again) = Journal::open(dir.path()).unwrap();
         assert_eq!(again, s);

@@ -599,6 +599,12 @@ impl Queue {
         self.inner.in_flight_count(id)
     }
 
+    /// Every in-flight delivery, read back from the log (see
+    /// `QueueInner::in_flight_deliveries`).
+    pub fn in_flight_deliveries(&self) -> Vec<Delivery> {
+        self.inner.in_flight_deliveries()
+    }
+
     /// Messages by state: ready, in flight, delayed.
     pub fn counts(&self) -> QueueCounts {
         self.inner.counts()

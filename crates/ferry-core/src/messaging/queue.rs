@@ -333,27 +333,14 @@ impl QueueInner {
         });
         {
             let mut st = lock(&inner.state);
+            // In flight with a visibility deadline still ahead (SQS): they
+            // stay in flight until it, as if the broker had not stopped.
+            inner.restore_hidden(&mut st, js.hidden, now_ms);
             if unsettled > 0 && inner.needs_scan(&st) {
                 inner.rebuild_indexes(&mut st)?;
             }
             // Start from a compact journal describing the recovered state.
-            let State {
-                journal,
-                settled,
-                counts,
-                low_water,
-                flags,
-                ..
-            } = &mut *st;
-            if let Some(j) = journal {
-                let below = std::iter::once((0, *low_water));
-                j.rewrite(
-                    below.chain(settled.ranges()),
-                    counts.iter().map(|(o, c)| (*o, *c)),
-                    *flags,
-                )
-                .map_err(storage)?;
-            }
+            inner.rewrite_journal(&mut st).map_err(storage)?;
             if unsettled > 0 {
                 tracing::info!(
                     queue = %inner.cfg.name,
@@ -461,6 +448,42 @@ impl QueueInner {
         Ok(Appended::Stored(None))
     }
 
+    /// Puts recovered offsets whose visibility deadline is still ahead back
+    /// in flight until it (no consumer holds them: the timer returns them).
+    fn restore_hidden(&self, st: &mut State, hidden: HashMap<u64, i64>, now: i64) {
+        let mut offsets: Vec<(u64, i64)> = hidden
+            .into_iter()
+            .filter(|(o, at)| {
+                *at > now && *o >= st.low_water && *o < st.log_end && !st.settled.contains(*o)
+            })
+            .collect();
+        offsets.sort_unstable();
+        for (offset, at) in offsets {
+            let Some(l) = self.load_or_drop(st, offset) else {
+                continue;
+            };
+            let count = st.counts.remove(&offset).unwrap_or(1);
+            let expires_at = if l.meta.ttl_ms.is_some() {
+                self.expiry_of(&l.meta, l.enqueued_ms)
+            } else {
+                None
+            };
+            st.in_flight.insert(
+                offset,
+                InFlight {
+                    count,
+                    bytes: l.bytes,
+                    expires_at,
+                    priority: self.effective_priority(&l.meta),
+                    dead_lettering: false,
+                    deadline: Some(at),
+                },
+            );
+            st.in_flight_bytes += l.bytes;
+            st.deadlines.insert((at, offset));
+        }
+    }
+
     fn needs_scan(&self, st: &State) -> bool {
         st.flags & FLAG_INDEXED != 0
             || self.cfg.args.max_priority.is_some()
@@ -490,8 +513,12 @@ impl QueueInner {
                     if o < offset || st.settled.contains(o) {
                         continue;
                     }
-                    let meta = codec::decode_meta(&rec);
                     bytes += rec.value.as_ref().map_or(0, |v| v.len() as u64);
+                    if st.in_flight.contains_key(&o) {
+                        // Restored in flight: indexed if it comes back.
+                        continue;
+                    }
+                    let meta = codec::decode_meta(&rec);
                     self.index_new(st, o, &meta, rec.timestamp, now);
                 }
                 offset = offset.max(u64::try_from(last).unwrap_or(0) + 1);
@@ -826,8 +853,12 @@ impl QueueInner {
                 },
             );
             st.in_flight_bytes += l.bytes;
+            let deadline = st.in_flight.get(&l.offset).and_then(|f| f.deadline);
             if let Some(j) = st.journal.as_mut() {
                 j.delivered(l.offset, count);
+                if let Some(at) = deadline {
+                    j.hidden(l.offset, at);
+                }
             }
         }
         Delivery {
@@ -1100,6 +1131,12 @@ impl QueueInner {
             .delivery_limit
             .is_some_and(|limit| u64::from(f.count) > limit);
         if requeue && !over_limit && !st.closed {
+            if let Some(j) = st.journal.as_mut()
+                && f.deadline.is_some_and(|at| at > self.clock.now_ms())
+            {
+                // Returned before its deadline: a restart must not hide it.
+                j.hidden(id, 0);
+            }
             st.counts.insert(id, f.count);
             self.make_ready(st, id, f.priority);
             if let Some(at) = f.expires_at {
@@ -1161,9 +1198,17 @@ impl QueueInner {
                 _ => return Err(Self::unknown_tag(id)),
             };
             if visibility.is_zero() {
+                // Back before the deadline it was given: a restart must not
+                // hide it (the in-flight entry already holds the new one).
+                if let Some(j) = st.journal.as_mut() {
+                    j.hidden(id, 0);
+                }
                 self.return_in_flight(&mut st, id, f, true, &mut outbox);
             } else {
                 st.deadlines.insert((at, id));
+                if let Some(j) = st.journal.as_mut() {
+                    j.hidden(id, at);
+                }
             }
             self.commit(&mut st);
         }
@@ -1231,6 +1276,34 @@ impl QueueInner {
             .get(&id)
             .filter(|f| !f.dead_lettering)
             .map(|f| f.count)
+    }
+
+    /// Every in-flight delivery (not being dead-lettered), read back from
+    /// the log, in offset order: what a front end that keeps per-delivery
+    /// state (SQS FIFO group locks) rebuilds it from after a restart.
+    pub fn in_flight_deliveries(&self) -> Vec<Delivery> {
+        let mut st = lock(&self.state);
+        let mut ids: Vec<(u64, u32)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| !f.dead_lettering)
+            .map(|(o, f)| (*o, f.count))
+            .collect();
+        ids.sort_unstable();
+        let remaining = st.ready();
+        ids.into_iter()
+            .filter_map(|(offset, count)| {
+                let rec = self.load(&mut st, offset).ok()?;
+                let (message, _) = codec::decode_message(&rec);
+                Some(Delivery {
+                    id: offset,
+                    message,
+                    redelivered: count > 1,
+                    delivery_count: count,
+                    remaining,
+                })
+            })
+            .collect()
     }
 
     /// Ready, in-flight and delayed messages.
@@ -1478,7 +1551,20 @@ impl QueueInner {
     }
 
     fn compact(&self, st: &mut State, force: bool) {
-        let records = 1 + st.settled.range_count() + st.counts.len() + st.in_flight.len();
+        let records = 1 + st.settled.range_count() + st.counts.len() + 2 * st.in_flight.len();
+        let Some(j) = st.journal.as_ref() else {
+            return;
+        };
+        if !force && !j.wants_compaction(records) {
+            return;
+        }
+        if let Err(e) = self.rewrite_journal(st) {
+            tracing::warn!(queue = %self.cfg.name, error = %e, "could not compact the queue's state journal");
+        }
+    }
+
+    /// Replaces the journal with one describing the state in memory.
+    fn rewrite_journal(&self, st: &mut State) -> std::io::Result<()> {
         let State {
             journal,
             settled,
@@ -1489,24 +1575,24 @@ impl QueueInner {
             ..
         } = st;
         let Some(j) = journal.as_mut() else {
-            return;
+            return Ok(());
         };
-        if !force && !j.wants_compaction(records) {
-            return;
-        }
         let delivered = counts.iter().map(|(o, c)| (*o, *c)).chain(
             in_flight
                 .iter()
                 .filter(|(_, f)| !f.dead_lettering)
                 .map(|(o, f)| (*o, f.count)),
         );
-        if let Err(e) = j.rewrite(
+        let hidden = in_flight
+            .iter()
+            .filter(|(_, f)| !f.dead_lettering)
+            .filter_map(|(o, f)| f.deadline.map(|at| (*o, at)));
+        j.rewrite(
             std::iter::once((0, *low_water)).chain(settled.ranges()),
             delivered,
+            hidden,
             *flags,
-        ) {
-            tracing::warn!(queue = %self.cfg.name, error = %e, "could not compact the queue's state journal");
-        }
+        )
     }
 
     /// Expires messages whose TTL has passed, wherever they are: those with

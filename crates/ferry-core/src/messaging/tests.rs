@@ -1522,6 +1522,45 @@ async fn visibility_timeouts_and_delayed_sends_for_sqs() {
     assert_eq!(q.unsettled(), 0);
 }
 
+#[tokio::test]
+async fn visibility_deadlines_survive_a_crash() {
+    let mut env = Env::new();
+    env.declare("sqs", true, vec![]);
+    let q = env.queue("sqs");
+    for b in ["hidden", "returned", "deleted", "ready"] {
+        q.send(msg("", "sqs", b), None).unwrap();
+    }
+    let hidden = q.receive(Duration::from_millis(300)).unwrap().unwrap();
+    let returned = q.receive(Duration::from_secs(60)).unwrap().unwrap();
+    let deleted = q.receive(Duration::from_secs(60)).unwrap().unwrap();
+    q.set_visibility(returned.id, Duration::ZERO).unwrap();
+    q.ack(deleted.id).unwrap();
+    drop(q);
+    env.crash();
+    let q = env.queue("sqs");
+    // Still in flight, under the same id and count, until its deadline.
+    assert_eq!(q.counts().in_flight, 1);
+    assert_eq!(q.in_flight_count(hidden.id), Some(1));
+    let again: Vec<Delivery> = q.in_flight_deliveries();
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), ["hidden"]);
+    let got: Vec<String> = std::iter::from_fn(|| q.receive(Duration::from_secs(60)).unwrap())
+        .map(|d| body(&d))
+        .collect();
+    assert_eq!(got, ["returned", "ready"]);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    env.m().run_timers_once();
+    let d = q.receive(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!((body(&d), d.delivery_count), ("hidden".to_string(), 2));
+    // A clean restart keeps the new deadline too.
+    drop(q);
+    env.restart();
+    let q = env.queue("sqs");
+    assert_eq!(q.counts().in_flight, 3);
+    assert_eq!(q.counts().ready, 0);
+    q.ack(d.id).unwrap();
+    assert_eq!(q.unsettled(), 2);
+}
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
