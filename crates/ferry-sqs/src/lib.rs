@@ -112,6 +112,20 @@ pub(crate) struct Runtime {
     /// FIFO deduplication: key → entry.
     pub dedup: HashMap<String, DedupEntry>,
     pub last_sequence: u128,
+    /// FIFO: recent receives by ReceiveRequestAttemptId, so that a retry
+    /// gets the same messages (not kept across restarts).
+    pub attempts: HashMap<String, Attempt>,
+}
+
+/// What one ReceiveMessage with a ReceiveRequestAttemptId returned.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub at: Instant,
+    /// The deliveries returned (id, receive count): the retry is answered
+    /// from `response` only while all of them are still in flight, as
+    /// received.
+    pub deliveries: Vec<(u64, u32)>,
+    pub response: serde_json::Value,
 }
 
 /// Entries of `first_receive` kept at most (it is approximate anyway).
@@ -166,6 +180,18 @@ impl QueueState {
                 ids.retain(|i| *i != id);
                 !ids.is_empty()
             });
+            rt.attempts
+                .retain(|_, a| !a.deliveries.iter().any(|(i, _)| *i == id));
+        }
+    }
+
+    /// A delivery's visibility was changed: a receive attempt that returned
+    /// it can no longer be retried (SQS's rule).
+    pub fn forget_attempts_of(&self, id: u64) {
+        if self.fifo {
+            self.runtime()
+                .attempts
+                .retain(|_, a| !a.deliveries.iter().any(|(i, _)| *i == id));
         }
     }
 }
@@ -232,6 +258,17 @@ impl Sqs {
                     continue;
                 }
                 let state = queues::new_state(meta);
+                if state.fifo
+                    && let Ok(engine) = sqs.engine_queue(&state.name)
+                {
+                    // Messages still in flight after a restart keep their
+                    // groups locked until they are deleted or come back.
+                    let mut rt = state.runtime();
+                    for d in engine.in_flight_deliveries() {
+                        let g = String::from_utf8_lossy(message::group_of(&d.message)).into_owned();
+                        rt.groups.entry(g).or_default().push(d.id);
+                    }
+                }
                 if let Some(entries) = by_incarnation.remove(&state.incarnation) {
                     let mut rt = state.runtime();
                     for e in entries {

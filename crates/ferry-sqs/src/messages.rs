@@ -28,6 +28,10 @@ const FIFO_SCAN_MAX: usize = 10_000;
 const FIFO_ID_CHARS_MAX: usize = 128;
 /// Visibility timeout's upper bound (12 hours).
 const VISIBILITY_MAX_S: i64 = 43_200;
+/// A ReceiveRequestAttemptId can be retried for this long.
+const RECEIVE_ATTEMPT_WINDOW: Duration = Duration::from_secs(300);
+/// Receive attempts remembered per FIFO queue at most.
+const RECEIVE_ATTEMPTS_MAX: usize = 10_000;
 
 const SYSTEM_ATTRIBUTE_NAMES: &[&str] = &[
     "All",
@@ -355,6 +359,25 @@ impl Sqs {
         }
         let filters = string_list(p, "MessageAttributeNames");
         let engine = self.engine_queue(&q.name)?;
+        // Standard queues ignore it, as SQS does.
+        let attempt = match opt_str(p, "ReceiveRequestAttemptId") {
+            Some(a) if q.fifo => {
+                if !fifo_id_ok(a) {
+                    return Err(invalid_value(
+                        "ReceiveRequestAttemptId",
+                        a,
+                        "ReceiveRequestAttemptId can only include alphanumeric and punctuation characters. 1 to 128 in length",
+                    ));
+                }
+                Some(a.to_string())
+            }
+            _ => None,
+        };
+        if let Some(a) = &attempt
+            && let Some(response) = retry_attempt(&q, &engine, a, visibility)
+        {
+            return Ok(response);
+        }
         let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
         let limit = if q.fifo {
             IN_FLIGHT_FIFO_MAX
@@ -383,13 +406,20 @@ impl Sqs {
                 .await?;
             let took = !deliveries.is_empty();
             let mut out = Vec::new();
+            let mut returned = Vec::new();
             for d in deliveries {
+                let key = (d.id, d.delivery_count);
                 if let Some(m) = self.render(&q, &engine, d, &view).await? {
                     out.push(m);
+                    returned.push(key);
                 }
             }
             if !out.is_empty() {
-                return Ok(json!({ "Messages": out }));
+                let response = json!({ "Messages": out });
+                if let Some(a) = attempt {
+                    remember_attempt(&q, a, returned, &response);
+                }
+                return Ok(response);
             }
             if took {
                 // Everything taken was dropped or dead-lettered: look again.
@@ -573,6 +603,7 @@ impl Sqs {
             ));
         }
         engine.set_visibility(r.id, Duration::from_secs(secs.unsigned_abs()))?;
+        q.forget_attempts_of(r.id);
         if secs == 0 && q.fifo {
             q.released.notify_waiters();
         }
@@ -609,6 +640,60 @@ impl Sqs {
         }
         Ok(json!({ "Successful": successful, "Failed": failed }))
     }
+}
+
+/// The answer to a retried ReceiveRequestAttemptId: the same messages and
+/// receipt handles, with their visibility timeout started again, while the
+/// attempt is recent and none of its messages was deleted, changed or
+/// returned to the queue.
+fn retry_attempt(
+    q: &QueueState,
+    engine: &Queue,
+    attempt: &str,
+    visibility_s: i64,
+) -> Option<Value> {
+    let mut rt = q.runtime();
+    rt.attempts
+        .retain(|_, a| a.at.elapsed() < RECEIVE_ATTEMPT_WINDOW);
+    let a = rt.attempts.get(attempt)?;
+    let unchanged = a
+        .deliveries
+        .iter()
+        .all(|(id, count)| engine.in_flight_count(*id) == Some(*count));
+    if !unchanged {
+        rt.attempts.remove(attempt);
+        return None;
+    }
+    let visibility = Duration::from_secs(visibility_s.unsigned_abs());
+    for (id, _) in &a.deliveries {
+        let _ = engine.set_visibility(*id, visibility);
+    }
+    Some(a.response.clone())
+}
+
+fn remember_attempt(
+    q: &QueueState,
+    attempt: String,
+    deliveries: Vec<(u64, u32)>,
+    response: &Value,
+) {
+    let mut rt = q.runtime();
+    if rt.attempts.len() >= RECEIVE_ATTEMPTS_MAX {
+        rt.attempts
+            .retain(|_, a| a.at.elapsed() < RECEIVE_ATTEMPT_WINDOW);
+        if rt.attempts.len() >= RECEIVE_ATTEMPTS_MAX {
+            // Retries are a convenience: forgetting old ones is safe.
+            rt.attempts.clear();
+        }
+    }
+    rt.attempts.insert(
+        attempt,
+        crate::Attempt {
+            at: Instant::now(),
+            deliveries,
+            response: response.clone(),
+        },
+    );
 }
 
 fn result_json(p: &Prepared) -> Map<String, Value> {

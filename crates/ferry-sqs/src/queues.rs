@@ -128,6 +128,20 @@ fn bool_attr(name: &str, v: &str) -> SqsResult<String> {
     }
 }
 
+/// SQS allows FifoThroughputLimit=perMessageGroupId only with
+/// DeduplicationScope=messageGroup; `attrs` are all of a queue's.
+fn check_throughput(attrs: &BTreeMap<String, String>) -> SqsResult<()> {
+    let scope = attrs.get("DeduplicationScope").map(String::as_str);
+    let limit = attrs.get("FifoThroughputLimit").map(String::as_str);
+    if limit == Some("perMessageGroupId") && scope != Some("messageGroup") {
+        return Err(bad_attr_reason(
+            "FifoThroughputLimit",
+            "The perMessageGroupId value is allowed only when the value for DeduplicationScope is messageGroup",
+        ));
+    }
+    Ok(())
+}
+
 /// A redrive policy as SQS normalizes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RedrivePolicy {
@@ -299,16 +313,6 @@ impl Sqs {
                 self.check_attribute(queue, fifo, k, v, creating)?,
             );
         }
-        if fifo {
-            let scope = out.get("DeduplicationScope").map(String::as_str);
-            let limit = out.get("FifoThroughputLimit").map(String::as_str);
-            if limit == Some("perMessageGroupId") && scope == Some("queue") {
-                return Err(bad_attr_reason(
-                    "FifoThroughputLimit",
-                    "perMessageGroupId can be used only when DeduplicationScope is messageGroup",
-                ));
-            }
-        }
         Ok(out)
     }
 
@@ -357,6 +361,9 @@ impl Sqs {
                 format!("Too many tags: at most {TAGS_MAX} per queue."),
             ));
         }
+        let mut attributes = defaults(fifo);
+        attributes.extend(checked.clone());
+        check_throughput(&attributes)?;
         let mut queues = self.queues_mut();
         if let Some(existing) = queues.get(name) {
             let meta = existing.meta();
@@ -389,8 +396,6 @@ impl Sqs {
             }
         }
         self.declare_engine_queue(name)?;
-        let mut attributes = defaults(fifo);
-        attributes.extend(checked);
         let now_s = now_ms() / 1000;
         let meta = QueueMeta {
             name: name.to_string(),
@@ -508,16 +513,7 @@ impl Sqs {
             let mut meta = q.meta();
             let mut merged = meta.attributes.clone();
             merged.extend(checked);
-            if q.fifo
-                && merged.get("FifoThroughputLimit").map(String::as_str)
-                    == Some("perMessageGroupId")
-                && merged.get("DeduplicationScope").map(String::as_str) == Some("queue")
-            {
-                return Err(bad_attr_reason(
-                    "FifoThroughputLimit",
-                    "perMessageGroupId can be used only when DeduplicationScope is messageGroup",
-                ));
-            }
+            check_throughput(&merged)?;
             meta.attributes = merged;
             meta.modified_s = now_ms() / 1000;
         }
