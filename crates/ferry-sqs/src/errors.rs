@@ -110,7 +110,8 @@ impl Code {
     /// The HTTP status SQS answers with.
     pub fn status(self) -> u16 {
         match self {
-            Code::OverLimit | Code::PurgeQueueInProgress | Code::UnsupportedOperation => 403,
+            // As the 2012-11-05 model has them (UnsupportedOperation: 400).
+            Code::OverLimit | Code::PurgeQueueInProgress => 403,
             Code::ReceiptHandleIsInvalid | Code::ResourceNotFound => 404,
             Code::RequestTooLarge => 413,
             Code::InternalError => 500,

@@ -166,7 +166,10 @@ fn parse_query(
 /// `Attribute.N.Name/Value` → `Attributes` map, `Tag.N.Key/Value` → `Tags`,
 /// `MessageAttribute.N.Name/Value.*` → `MessageAttributes`,
 /// `AttributeName.N` → `AttributeNames` list, `*RequestEntry.N.*` →
-/// `Entries`, and so on. Unknown keys stay as they are.
+/// `Entries`, and so on. The member names of the current model work too
+/// (`Attributes.N.key/value`, `AttributeNames.N`, `Entries.N.*`): that is
+/// what a current SDK sends when told to use the query protocol. Unknown
+/// keys stay as they are.
 pub fn form_to_json(pairs: &[(String, String)]) -> Map<String, Value> {
     let mut root = Map::new();
     for (k, v) in pairs {
@@ -214,6 +217,12 @@ fn numbered(v: Value) -> Vec<Value> {
     }
 }
 
+/// Whether a form node is a numbered list (`X.1`, `X.2`, ...).
+fn is_numbered(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.parse::<u64>().is_ok()))
+}
+
 fn field(v: &Value, name: &str) -> Option<Value> {
     v.get(name).cloned()
 }
@@ -238,10 +247,10 @@ fn normalize_attribute_value(m: Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     for (k, v) in m {
         match k.as_str() {
-            "StringListValue" => {
+            "StringListValue" | "StringListValues" => {
                 out.insert("StringListValues".into(), Value::Array(numbered(v)));
             }
-            "BinaryListValue" => {
+            "BinaryListValue" | "BinaryListValues" => {
                 out.insert("BinaryListValues".into(), Value::Array(numbered(v)));
             }
             _ => {
@@ -281,7 +290,23 @@ fn normalize(m: Map<String, Value>) -> Map<String, Value> {
             "TagKey" => ("TagKeys".to_string(), Value::Array(numbered(v))),
             "AWSAccountId" => ("AWSAccountIds".to_string(), Value::Array(numbered(v))),
             "ActionName" => ("Actions".to_string(), Value::Array(numbered(v))),
-            _ if k.ends_with("RequestEntry") => {
+            "Attributes" | "Tags" | "tags" if is_numbered(&v) => {
+                (k.clone(), name_value_map(v, "key", "value", false))
+            }
+            "MessageAttributes" | "MessageSystemAttributes" if is_numbered(&v) => {
+                (k.clone(), name_value_map(v, "key", "value", true))
+            }
+            "AttributeNames"
+            | "MessageAttributeNames"
+            | "MessageSystemAttributeNames"
+            | "TagKeys"
+            | "AWSAccountIds"
+            | "Actions"
+                if is_numbered(&v) =>
+            {
+                (k.clone(), Value::Array(numbered(v)))
+            }
+            _ if k.ends_with("RequestEntry") || (k == "Entries" && is_numbered(&v)) => {
                 let entries = numbered(v)
                     .into_iter()
                     .map(|e| match e {
@@ -413,5 +438,24 @@ mod tests {
         assert_eq!(v["AttributeNames"], serde_json::json!(["A", "B"]));
         assert_eq!(v["Tags"]["k"], "tv");
         assert!(v.get("Action").is_none());
+        let m = form_to_json(&pairs(&[
+            ("Attributes.1.key", "DelaySeconds"),
+            ("Attributes.1.value", "5"),
+            ("tags.1.key", "t"),
+            ("tags.1.value", "1"),
+            ("AttributeNames.1", "All"),
+            ("Entries.1.Id", "a"),
+            ("Entries.1.MessageAttributes.1.key", "s"),
+            ("Entries.1.MessageAttributes.1.value.DataType", "String"),
+            ("Entries.1.MessageAttributes.1.value.StringValue", "x"),
+        ]));
+        let v = Value::Object(m);
+        assert_eq!(v["Attributes"]["DelaySeconds"], "5");
+        assert_eq!(v["tags"]["t"], "1");
+        assert_eq!(v["AttributeNames"], serde_json::json!(["All"]));
+        assert_eq!(
+            v["Entries"][0]["MessageAttributes"]["s"]["StringValue"],
+            "x"
+        );
     }
 }

@@ -20,6 +20,8 @@ use crate::{QueueState, Runtime, Sqs, now_ms};
 const QUEUE_NAME_CHARS_MAX: usize = 80;
 const TAGS_MAX: usize = 50;
 const LIST_QUEUES_MAX: i64 = 1000;
+/// Actions one AddPermission statement may allow (SQS: 7).
+const PERMISSION_ACTIONS_MAX: usize = 7;
 
 /// Attributes computed from the queue's state, readable only.
 const READ_ONLY: &[&str] = &[
@@ -612,6 +614,15 @@ impl Sqs {
         }
         if actions.is_empty() {
             return Err(missing("Actions"));
+        }
+        if actions.len() > PERMISSION_ACTIONS_MAX {
+            return Err(err(
+                Code::OverLimit,
+                format!(
+                    "{} Actions were found, maximum allowed is {PERMISSION_ACTIONS_MAX}.",
+                    actions.len()
+                ),
+            ));
         }
         if label.len() > 80
             || !label
