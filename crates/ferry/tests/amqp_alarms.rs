@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
@@ -21,6 +19,7 @@ use amq_protocol::types::FieldTable;
 
 use common::Server;
 use common::amqp::{Amqp, Login};
+use common::tmpfs::Tmpfs;
 
 fn wait_for_log(server: &Server, needle: &str) {
     let start = Instant::now();
@@ -199,45 +198,10 @@ fn disk_alarm_blocks_publishers_and_lets_consumers_drain() {
     assert!(server.terminate().success());
 }
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_alarm_clears_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("mnt"), "16m") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must be able to mount a tmpfs for the disk alarm test"
-        );
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(tmpfs) = Tmpfs::mount_or_skip(&dir.path().join("mnt"), "16m") else {
         return;
     };
     let data = tmpfs.0.join("data");

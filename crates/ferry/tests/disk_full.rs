@@ -7,54 +7,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::api;
+use common::tmpfs::Tmpfs;
 use common::{Server, encode_batch, now_ms, record};
 use kafka_protocol::records::Compression;
 
 const KAFKA_STORAGE_ERROR: i16 = 56;
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_full_fails_produce_cleanly_and_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("mnt"), "3m") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must be able to mount a tmpfs for the disk-full test"
-        );
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(tmpfs) = Tmpfs::mount_or_skip(&dir.path().join("mnt"), "3m") else {
         return;
     };
     let data = tmpfs.0.join("data");

@@ -512,6 +512,7 @@ pub mod idempotent {
 }
 
 pub mod amqp;
+pub mod tmpfs;
 
 impl Server {
     /// The AMQP listener's address, from the `amqp listening on` log line.
