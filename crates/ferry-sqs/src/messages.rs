@@ -257,15 +257,27 @@ impl Sqs {
             }
         }
         let mut out = Vec::with_capacity(results.len());
+        let mut lost = Vec::new();
         for r in results {
             out.push(match r {
                 Ok((v, Some(pending))) => match pending.durable().await {
                     Ok(()) => Ok(v),
-                    Err(e) => Err(e.into()),
+                    Err(e) => {
+                        // Not stored: a retry must not be taken for a
+                        // duplicate of it.
+                        if let Some(id) = v.get("MessageId").and_then(Value::as_str) {
+                            lost.push(id.to_string());
+                        }
+                        Err(e.into())
+                    }
                 },
                 Ok((v, None)) => Ok(v),
                 Err(e) => Err(e),
             });
+        }
+        if !lost.is_empty() {
+            new_dedup.retain(|e| !lost.contains(&e.id));
+            q.runtime().dedup.retain(|_, e| !lost.contains(&e.id));
         }
         if !new_dedup.is_empty()
             && let Err(e) = self.store.append_dedup(&new_dedup)
