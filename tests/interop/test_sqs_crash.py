@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sqs_util import receive_all, sqs_client
 
-VISIBILITY_S = 5
+VISIBILITY_S = 8  # long enough for a restart on a busy machine
 
 
 def test_acknowledged_sends_survive_sigkill_mid_load(ferry):
