@@ -21,18 +21,6 @@ use common::Server;
 use common::amqp::{Amqp, Login};
 use common::tmpfs::Tmpfs;
 
-fn wait_for_log(server: &Server, needle: &str) {
-    let start = Instant::now();
-    while !server.log_text().contains(needle) {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no '{needle}' in the log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn publisher(server: &Server) -> Amqp {
     let mut c = Amqp::handshake(
         server.amqp(),
@@ -146,7 +134,7 @@ fn disk_alarm_blocks_publishers_and_lets_consumers_drain() {
     let dir = tempfile::tempdir().unwrap();
     // More free space than any disk has: the alarm is up from the start.
     let mut server = Server::start(dir.path(), &["--disk-free-limit", "1000000000000000000"]);
-    wait_for_log(&server, "disk alarm raised");
+    server.wait_for_log("disk alarm raised");
     assert!(server.log_text().contains("--disk-free-limit"));
 
     let mut cons = consumer(&server);
@@ -221,7 +209,7 @@ fn disk_alarm_clears_when_space_returns() {
 
     // Fill the filesystem past the limit.
     std::fs::write(tmpfs.0.join("filler"), vec![0u8; 10 << 20]).unwrap();
-    wait_for_log(&server, "disk alarm raised");
+    server.wait_for_log("disk alarm raised");
     publ.publish(1, "", "jobs", None, b"held");
     expect_blocked(&mut publ, "low on disk");
     // Consumers keep draining.
@@ -239,7 +227,7 @@ fn disk_alarm_clears_when_space_returns() {
         Some(AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))) => {}
         other => panic!("expected connection.unblocked, got {other:?}"),
     }
-    assert!(server.log_text().contains("disk alarm cleared"));
+    server.wait_for_log("disk alarm cleared");
     assert_eq!(get_soon(&mut cons, "jobs"), Some(b"held".to_vec()));
     // And publishing goes on as usual.
     publ.publish(1, "", "jobs", None, b"after");

@@ -414,16 +414,7 @@ fn heartbeats_both_ways() {
     }
     assert!(beats >= 1, "no heartbeat from the server");
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
-    // The log line is read from the server's stderr by another thread.
-    let logged = std::time::Instant::now();
-    while !server.log_text().contains("missed heartbeats from client") {
-        assert!(
-            logged.elapsed() < std::time::Duration::from_secs(5),
-            "no 'missed heartbeats' log line:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    server.wait_for_log("missed heartbeats from client");
 
     // A client that does send heartbeats stays connected.
     let mut c = Amqp::handshake(

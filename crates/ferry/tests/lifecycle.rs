@@ -49,11 +49,7 @@ fn sigterm_shuts_down_cleanly_and_data_survives_restart() {
     drop(c);
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(
-        server.log_text().contains("stopped"),
-        "{}",
-        server.log_text()
-    );
+    server.wait_for_log("stopped");
 
     let server = Server::start(dir.path(), &[]);
     let mut c = server.client();

@@ -130,6 +130,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to 15 s) for `needle` in the log: another thread reads the
+    /// server's stderr, so a line can lag behind what the test just saw.
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no '{needle}' in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.kafka)
     }
