@@ -1,12 +1,14 @@
 //! `ferry bench`: load generators that measure a broker with the same client
 //! whichever broker it is (Ferry, RabbitMQ, ...), so that a comparison is
 //! side by side. `ferry bench amqp` speaks AMQP 0-9-1 through the `lapin`
-//! crate; Kafka and SQS are meant to join it as `ferry bench kafka|sqs`
-//! (issue 6) and share `stats` (latency histograms, counters, the progress
-//! line, the broker's CPU and memory) and `report` (the summary and its JSON).
+//! crate, `ferry bench sqs` the SQS JSON protocol over hyper; Kafka is meant
+//! to join them as `ferry bench kafka` (issue 6). They share `stats` (latency
+//! histograms, counters, the progress line, the broker's CPU and memory) and
+//! `report` (the summary and its JSON).
 
 mod amqp;
 mod report;
+mod sqs;
 mod stats;
 
 use std::process::ExitCode;
@@ -45,6 +47,39 @@ error, messages missing at the end)."
         )
     )]
     Amqp(amqp::AmqpArgs),
+    /// Send, receive and delete through an SQS endpoint (Ferry, ElasticMQ,
+    /// ...) in batches, or measure long-poll wake-up latency.
+    #[command(
+        long_about = "Send, receive and delete through an SQS endpoint (Ferry, ElasticMQ or any \
+other that speaks the AWS JSON 1.0 protocol over plain HTTP; requests are not signed), and \
+report sent, received and deleted msgs/s and MB/s, the end-to-end latency (p50, p99, p99.9, \
+max) from a send timestamp carried in each message body, and each action's request round \
+trip.\n\n\
+Queues are named PREFIX-0 .. PREFIX-(N-1) (PREFIX-i.fifo with --fifo); they are created (and, \
+unless --no-purge, purged) before the run. Every producer and every consumer has its own \
+keep-alive HTTP/1.1 connection with one request in flight. Producers send with \
+SendMessageBatch (--batch entries); producer i sends to queues i, i+P, ... in turn (to queue \
+i mod N when there are more producers than queues). Consumers (--consumers per queue) \
+receive with ReceiveMessage (MaxNumberOfMessages --batch, WaitTimeSeconds --wait-time) and \
+delete each batch with DeleteMessageBatch before receiving again. The run ends when every \
+message sent was deleted.\n\n\
+--long-poll measures instead how soon a waiting receive answers: per queue, a ReceiveMessage \
+waits (WaitTimeSeconds 20) on the empty queue; after --long-poll-gap another connection sends \
+one message; the sample is the time from just before the SendMessage to the receive's \
+answer.\n\n\
+A progress line goes to stderr every second; the summary goes to stdout (JSON with --json).",
+        after_help = concat!(
+            "Examples:\n",
+            "  ferry bench sqs --count 1000000 --producers 8 --consumers 8\n",
+            "  ferry bench sqs --fifo --groups 1000 --count 1000000 --producers 8 --consumers 8\n",
+            "  ferry bench sqs --duration 30s --rate 20000 --batch 10\n",
+            "  ferry bench sqs --long-poll --count 2000\n",
+            "  ferry bench sqs --endpoint http://127.0.0.1:9325   # e.g. ElasticMQ\n\n",
+            "Exit codes: 0 the run completed, 1 it did not (usage error, connection or HTTP \
+error, batch entries that failed, messages not deleted at the end)."
+        )
+    )]
+    Sqs(sqs::SqsArgs),
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -60,6 +95,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     };
     let result = match args.command {
         BenchCommand::Amqp(a) => runtime.block_on(amqp::run(a)),
+        BenchCommand::Sqs(a) => runtime.block_on(sqs::run(a)),
     };
     // lapin's I/O threads may still be winding down; do not wait for them.
     runtime.shutdown_background();

@@ -8,7 +8,7 @@ use super::stats::{ProcSample, thousands};
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
-    /// "amqp" (later "kafka", "sqs").
+    /// "amqp", "sqs" (later "kafka").
     pub protocol: &'static str,
     /// The settings of the run, as used (defaults filled in).
     pub config: serde_json::Value,
@@ -140,8 +140,26 @@ impl BrokerUsage {
 
 impl Summary {
     pub fn print(&self, json: bool) {
+        self.print_with(json, serde_json::Map::new(), &[]);
+    }
+
+    /// Like `print`, with a protocol's own sections: `extra` joins the JSON
+    /// object's top level, `lines` are printed after the common ones (before
+    /// the errors).
+    pub fn print_with(
+        &self,
+        json: bool,
+        extra: serde_json::Map<String, serde_json::Value>,
+        lines: &[String],
+    ) {
         if json {
-            match serde_json::to_string_pretty(self) {
+            let encoded = serde_json::to_value(self).and_then(|mut v| {
+                if let serde_json::Value::Object(m) = &mut v {
+                    m.extend(extra);
+                }
+                serde_json::to_string_pretty(&v)
+            });
+            match encoded {
                 Ok(s) => println!("{s}"),
                 Err(e) => eprintln!("ferry bench: cannot encode the summary: {e}"),
             }
@@ -187,6 +205,9 @@ impl Summary {
                 b.pid, b.cpu_s, b.cpu_s_per_million, b.rss_mb_start, b.rss_mb_end, b.peak_rss_mb
             );
         }
+        for l in lines {
+            println!("{l}");
+        }
         for e in &self.errors {
             println!("error:     {e}");
         }
@@ -196,7 +217,7 @@ impl Summary {
     }
 }
 
-fn phase_line(p: &Phase) -> String {
+pub fn phase_line(p: &Phase) -> String {
     format!(
         "{} msgs in {:.2} s = {} msgs/s, {:.2} MB/s",
         thousands(p.messages),

@@ -138,6 +138,66 @@ impl ProcSample {
     }
 }
 
+/// A rate in msgs/s (`Some`) or "max" (`None`), for `--rate`.
+pub fn parse_rate(s: &str) -> Result<Option<f64>, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Some(r)),
+        _ => Err(format!(
+            "'{s}' is not a rate: a positive number of msgs/s, or max"
+        )),
+    }
+}
+
+/// A counter read by the progress line: its name and how to read it.
+pub type Counter = (&'static str, Box<dyn Fn() -> u64 + Send + Sync>);
+
+/// The once-a-second progress line on stderr: the time, then each counter's
+/// rate over the last second and its total, then the latency of that second
+/// (from the interval histograms of `latencies`). Runs until `stop`.
+pub async fn progress_line(
+    counters: Vec<Counter>,
+    latencies: Vec<std::sync::Arc<Latency>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last: Vec<u64> = counters.iter().map(|(_, read)| read()).collect();
+    let mut last_t = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
+        last_t = now;
+        let mut line = format!("{:>5.0}s", start.elapsed().as_secs_f64());
+        for ((name, read), prev) in counters.iter().zip(last.iter_mut()) {
+            let v = read();
+            line.push_str(&format!(
+                "  {name} {:>9}/s (total {})",
+                thousands((v.saturating_sub(*prev) as f64 / dt).round() as u64),
+                thousands(v)
+            ));
+            *prev = v;
+        }
+        let h = interval(latencies.iter().map(|l| l.as_ref()));
+        if !h.is_empty() {
+            line.push_str(&format!(
+                "  latency p50 {:.2} p99 {:.2} max {:.2} ms",
+                h.value_at_quantile(0.5) as f64 / 1000.0,
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+                h.max() as f64 / 1000.0
+            ));
+        }
+        eprintln!("{line}");
+    }
+}
+
 /// "30s", "1.5m", "500ms", "2h" or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -187,6 +247,14 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("2x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("max"), Ok(None));
+        assert_eq!(parse_rate("10000"), Ok(Some(10_000.0)));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 
     #[test]
