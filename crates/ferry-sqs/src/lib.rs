@@ -203,7 +203,7 @@ pub struct Sqs {
     pub(crate) config: SqsConfig,
     pub(crate) queues: RwLock<BTreeMap<String, Arc<QueueState>>>,
     pub(crate) deleted: Mutex<HashMap<String, Instant>>,
-    pub(crate) store: Store,
+    pub(crate) store: Arc<Store>,
     pub(crate) tasks: Mutex<Vec<Arc<redrive::MoveTask>>>,
     /// The listener's address, for queue URLs when nothing better is known.
     pub(crate) local: Mutex<Option<SocketAddr>>,
@@ -242,7 +242,7 @@ impl Sqs {
             config,
             queues: RwLock::new(BTreeMap::new()),
             deleted: Mutex::new(HashMap::new()),
-            store,
+            store: Arc::new(store),
             tasks: Mutex::new(Vec::new()),
             local: Mutex::new(None),
         });

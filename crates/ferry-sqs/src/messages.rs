@@ -279,10 +279,18 @@ impl Sqs {
             new_dedup.retain(|e| !lost.contains(&e.id));
             q.runtime().dedup.retain(|_, e| !lost.contains(&e.id));
         }
-        if !new_dedup.is_empty()
-            && let Err(e) = self.store.append_dedup(&new_dedup)
-        {
-            tracing::warn!(queue = %q.name, error = %e, "could not persist FIFO deduplication entries");
+        if !new_dedup.is_empty() {
+            // Off the runtime: the fsync would hold a worker thread.
+            let store = self.store.clone();
+            let written = tokio::task::spawn_blocking(move || store.append_dedup(&new_dedup)).await;
+            let e = match written {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = e {
+                tracing::warn!(queue = %q.name, error = %e, "could not persist FIFO deduplication entries");
+            }
         }
         out
     }
@@ -343,7 +351,7 @@ impl Sqs {
                 Err(e) => failed.push(failure(&id, &e)),
             }
         }
-        Ok(json!({ "Successful": successful, "Failed": failed }))
+        Ok(batch_result(successful, failed))
     }
 
     pub(crate) async fn receive_message(
@@ -427,7 +435,9 @@ impl Sqs {
                 }
             }
             if !out.is_empty() {
-                let response = json!({ "Messages": out });
+                let mut response = Map::new();
+                response.insert("Messages".into(), Value::Array(out));
+                let response = Value::Object(response);
                 if let Some(a) = attempt {
                     remember_attempt(&q, a, returned, &response);
                 }
@@ -599,7 +609,7 @@ impl Sqs {
                 Err(e) => failed.push(failure(id, &e)),
             }
         }
-        Ok(json!({ "Successful": successful, "Failed": failed }))
+        Ok(batch_result(successful, failed))
     }
 
     fn change_one(&self, q: &QueueState, engine: &Queue, e: &Params) -> SqsResult<()> {
@@ -650,7 +660,7 @@ impl Sqs {
                 Err(e) => failed.push(failure(id, &e)),
             }
         }
-        Ok(json!({ "Successful": successful, "Failed": failed }))
+        Ok(batch_result(successful, failed))
     }
 }
 
@@ -706,6 +716,15 @@ fn remember_attempt(
             response: response.clone(),
         },
     );
+}
+
+/// `{"Successful": [...], "Failed": [...]}`, built in place: `json!` with
+/// a variable would serialize (deep-copy) each list.
+fn batch_result(successful: Vec<Value>, failed: Vec<Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("Successful".into(), Value::Array(successful));
+    m.insert("Failed".into(), Value::Array(failed));
+    Value::Object(m)
 }
 
 fn result_json(p: &Prepared) -> Map<String, Value> {
