@@ -29,7 +29,7 @@ mod redrive;
 mod store;
 mod xml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -111,6 +111,10 @@ pub(crate) struct Runtime {
     pub groups: HashMap<String, Vec<u64>>,
     /// FIFO deduplication: key → entry.
     pub dedup: HashMap<String, DedupEntry>,
+    /// The keys of `dedup` in the order they were added, with their expiry
+    /// (ms): expired entries are dropped from the front, so a send does not
+    /// scan the whole window.
+    pub dedup_expiry: VecDeque<(i64, String)>,
     pub last_sequence: u128,
     /// FIFO: recent receives by ReceiveRequestAttemptId, so that a retry
     /// gets the same messages (not kept across restarts).
@@ -275,6 +279,7 @@ impl Sqs {
                         if let Ok(seq) = e.seq.parse::<u128>() {
                             rt.last_sequence = rt.last_sequence.max(seq);
                         }
+                        rt.dedup_expiry.push_back((e.exp, e.k.clone()));
                         rt.dedup.insert(e.k.clone(), e);
                     }
                 }

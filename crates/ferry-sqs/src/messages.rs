@@ -205,7 +205,15 @@ impl Sqs {
             // the log's order.
             let mut rt = q.runtime();
             if q.fifo {
-                rt.dedup.retain(|_, e| e.exp > now);
+                while let Some((exp, _)) = rt.dedup_expiry.front()
+                    && *exp <= now
+                {
+                    if let Some((_, key)) = rt.dedup_expiry.pop_front()
+                        && rt.dedup.get(&key).is_some_and(|e| e.exp <= now)
+                    {
+                        rt.dedup.remove(&key);
+                    }
+                }
             }
             for p in prepared {
                 let mut p = match p {
@@ -216,7 +224,10 @@ impl Sqs {
                     }
                 };
                 if let Some(key) = &p.dedup_key {
-                    if let Some(prev) = rt.dedup.get(key) {
+                    // An entry not yet dropped (the clock stepped back, or
+                    // it was restored out of order) but expired is no
+                    // duplicate.
+                    if let Some(prev) = rt.dedup.get(key).filter(|e| e.exp > now) {
                         let mut r = result_json(&p);
                         r.insert("MessageId".into(), Value::String(prev.id.clone()));
                         r.insert("SequenceNumber".into(), Value::String(prev.seq.clone()));
@@ -247,6 +258,7 @@ impl Sqs {
                                 seq: p.message.system.sequence.clone().unwrap_or_default(),
                                 exp: now + window_ms,
                             };
+                            rt.dedup_expiry.push_back((entry.exp, key.clone()));
                             rt.dedup.insert(key.clone(), entry.clone());
                             new_dedup.push(entry);
                         }
