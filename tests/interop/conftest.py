@@ -34,6 +34,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LISTENING = re.compile(r"kafka listening on (\S+):(\d+)")
 _AMQP_LISTENING = re.compile(r"amqp listening on (\S+):(\d+)")
 _SQS_LISTENING = re.compile(r"sqs listening on (\S+):(\d+)")
+_HTTP_LISTENING = re.compile(r"http listening on (\S+):(\d+)")
 
 
 def ferry_bin() -> Path:
@@ -105,6 +106,9 @@ class FerryServer:
         # The SQS HTTP listener (a free port unless the test's ferry_args
         # give --sqs-listen).
         self.sqs_port: int | None = None
+        # The admin HTTP listener (a free port unless the test's ferry_args
+        # give --http-listen).
+        self.http_port: int | None = None
         # Exit statuses of clean stops (SIGTERM), in order.
         self.exit_codes: list[int] = []
         # Whether the current process was stopped on purpose (stop/kill9).
@@ -131,6 +135,12 @@ class FerryServer:
         return f"http://127.0.0.1:{self.sqs_port}"
 
     @property
+    def http_endpoint(self) -> str:
+        """http:// base URL of the admin HTTP listener (JSON API, /metrics)."""
+        assert self.http_port is not None, "server not started"
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None, "server not started"
         return self.proc.pid
@@ -144,7 +154,11 @@ class FerryServer:
             return ""
 
     def start(
-        self, listen: str = "127.0.0.1:0", amqp_listen: str = "127.0.0.1:0", sqs_listen: str = "127.0.0.1:0"
+        self,
+        listen: str = "127.0.0.1:0",
+        amqp_listen: str = "127.0.0.1:0",
+        sqs_listen: str = "127.0.0.1:0",
+        http_listen: str = "127.0.0.1:0",
     ) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         binary = ferry_bin()
@@ -159,6 +173,7 @@ class FerryServer:
             listen,
             *([] if "--amqp-listen" in self.extra_args else ["--amqp-listen", amqp_listen]),
             *([] if "--sqs-listen" in self.extra_args else ["--sqs-listen", sqs_listen]),
+            *([] if "--http-listen" in self.extra_args else ["--http-listen", http_listen]),
             *self.extra_args,
         ]
         self._stopped_on_purpose = False
@@ -182,10 +197,12 @@ class FerryServer:
             m = _LISTENING.search(text)
             amqp = _AMQP_LISTENING.search(text)
             sqs = _SQS_LISTENING.search(text)
-            if m and amqp and sqs:
+            http = _HTTP_LISTENING.search(text)
+            if m and amqp and sqs and http:
                 self.host, self.port = m.group(1), int(m.group(2))
                 self.amqp_port = int(amqp.group(2))
                 self.sqs_port = int(sqs.group(2))
+                self.http_port = int(http.group(2))
                 self._probe()
                 return
             code = self.proc.poll()
@@ -194,7 +211,7 @@ class FerryServer:
             if time.monotonic() > deadline:
                 self._kill()
                 raise ServerError(
-                    f"ferry did not log 'kafka listening on', 'amqp listening on' and 'sqs listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
+                    f"ferry did not log 'kafka listening on', 'amqp listening on', 'sqs listening on' and 'http listening on' within {STARTUP_TIMEOUT_S:.0f}s:\n{self.log}"
                 )
             time.sleep(0.02)
 
@@ -232,6 +249,7 @@ class FerryServer:
                 listen=f"127.0.0.1:{old}",
                 amqp_listen=f"127.0.0.1:{self.amqp_port}",
                 sqs_listen=f"127.0.0.1:{self.sqs_port}",
+                http_listen=f"127.0.0.1:{self.http_port}",
             )
         except ServerError:
             if self.proc is not None and self.proc.poll() is None:

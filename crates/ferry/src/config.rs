@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672";
 pub const DEFAULT_SQS_LISTEN: &str = "127.0.0.1:9324";
+/// Loopback only: the admin API's mutating endpoints have no authentication yet.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SQS_REGION: &str = "us-east-1";
 pub const DEFAULT_SQS_ACCOUNT_ID: &str = "000000000000";
 
@@ -66,6 +68,9 @@ pub struct ServeArgs {
     /// Account id in SQS queue URLs and ARNs [default: 000000000000].
     #[arg(long, env = "FERRY_SQS_ACCOUNT_ID", value_name = "ID")]
     pub sqs_account_id: Option<String>,
+    /// Address the admin HTTP listener (JSON API, /metrics) binds, HOST:PORT [default: 127.0.0.1:8080]. Port 0 picks a free port. It has no authentication yet: keep it on loopback.
+    #[arg(long, env = "FERRY_HTTP_LISTEN", value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
     /// Broker-wide topic config default, KEY=VALUE (e.g. fsync.policy=never); repeatable.
     #[arg(
         long = "topic-default",
@@ -125,6 +130,8 @@ struct FileConfig {
     #[serde(default)]
     sqs: FileSqs,
     #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
     topics: FileTopics,
     #[serde(default)]
     topic_defaults: BTreeMap<String, toml::Value>,
@@ -174,6 +181,12 @@ struct FileSqs {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileTopics {
     auto_create: Option<bool>,
     default_partitions: Option<u32>,
@@ -192,6 +205,7 @@ pub struct Settings {
     pub sqs_advertised: Option<String>,
     pub sqs_region: String,
     pub sqs_account_id: String,
+    pub http_listen: String,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
@@ -286,6 +300,11 @@ impl Settings {
                 .clone()
                 .or(file.sqs.account_id)
                 .unwrap_or_else(|| DEFAULT_SQS_ACCOUNT_ID.to_string()),
+            http_listen: args
+                .http_listen
+                .clone()
+                .or(file.http.listen)
+                .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string()),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.topics.auto_create)
@@ -611,6 +630,28 @@ read = ".*"
         assert_eq!(d.sqs_listen, DEFAULT_SQS_LISTEN);
         assert_eq!(d.sqs_account_id, DEFAULT_SQS_ACCOUNT_ID);
         assert_eq!(d.sqs_advertised, None);
+    }
+
+    #[test]
+    fn http_listen_from_flag_file_and_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:9999\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Settings::resolve(&from_file).unwrap().http_listen,
+            "127.0.0.1:9999"
+        );
+        let flag = ServeArgs {
+            http_listen: Some("127.0.0.1:0".into()),
+            ..from_file
+        };
+        assert_eq!(Settings::resolve(&flag).unwrap().http_listen, "127.0.0.1:0");
+        let d = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(d.http_listen, DEFAULT_HTTP_LISTEN);
     }
 
     #[test]

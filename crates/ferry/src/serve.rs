@@ -62,6 +62,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         bind("kafka", &settings.kafka_listen, "--kafka-listen").await?;
     let (amqp_listener, amqp_addr) = bind("amqp", &settings.amqp_listen, "--amqp-listen").await?;
     let (sqs_listener, sqs_addr) = bind("sqs", &settings.sqs_listen, "--sqs-listen").await?;
+    let (http_listener, http_addr) = bind("http", &settings.http_listen, "--http-listen").await?;
 
     let data_dir = settings.data_dir.display().to_string();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -115,6 +116,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("cannot start the SQS front end")?;
     let sqs = tokio::spawn(ferry_sqs::serve(sqs_listener, sqs_state));
     tracing::info!("sqs listening on {sqs_addr}");
+    let listeners = [
+        ("kafka", kafka_addr),
+        ("amqp", amqp_addr),
+        ("sqs", sqs_addr),
+        ("http", http_addr),
+    ]
+    .into_iter()
+    .map(|(protocol, address)| ferry_http::Listener {
+        protocol: protocol.to_string(),
+        address,
+    })
+    .collect();
+    let admin = ferry_http::Admin::new(broker.clone(), ferry_http::HttpConfig { listeners });
+    let http = tokio::spawn(ferry_http::serve(http_listener, admin));
+    tracing::info!("http listening on {http_addr}");
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
@@ -123,6 +139,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     kafka.abort();
     amqp.abort();
     sqs.abort();
+    http.abort();
     maintenance.abort();
     resource_monitor.abort();
     group_timers.abort();

@@ -52,9 +52,10 @@ impl Server {
             .arg(listen)
             .args(extra)
             .env("FERRY_LOG", "info")
-            // Free ports for AMQP and SQS too; a test's own flags win.
+            // Free ports for AMQP, SQS and HTTP too; a test's own flags win.
             .env("FERRY_AMQP_LISTEN", "127.0.0.1:0")
             .env("FERRY_SQS_LISTEN", "127.0.0.1:0")
+            .env("FERRY_HTTP_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

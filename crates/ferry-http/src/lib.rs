@@ -1,0 +1,99 @@
+//! Ferry's operations listener (`ferry serve --http-listen`): a JSON admin
+//! API over the broker model of `ferry-core`.
+//!
+//! It holds no state of its own beyond the start time and the listener
+//! addresses it reports: every answer is read from the broker when asked.
+//! Nothing here speaks a client protocol, and nothing here authenticates
+//! yet, which is why the listener binds loopback by default.
+//!
+//! Where things are: `error` (the JSON error shape and the one mapping from
+//! domain errors to statuses), `overview` (`/api/overview`).
+
+mod error;
+mod overview;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ferry_core::Broker;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// One listener of the broker, as the overview reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// `kafka`, `amqp`, `sqs` or `http`.
+    pub protocol: String,
+    pub address: SocketAddr,
+}
+
+/// What the HTTP front end needs besides the broker.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Every listener of this broker (this one included), for the overview.
+    pub listeners: Vec<Listener>,
+}
+
+/// The shared state of every handler.
+#[derive(Debug)]
+pub struct Admin {
+    pub broker: Arc<Broker>,
+    pub config: HttpConfig,
+    pub started: Instant,
+}
+
+impl Admin {
+    pub fn new(broker: Arc<Broker>, config: HttpConfig) -> Arc<Admin> {
+        Arc::new(Admin {
+            broker,
+            config,
+            started: Instant::now(),
+        })
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Every route of the listener.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview::get))
+        .fallback(not_found)
+        .with_state(admin)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    if let Err(e) = axum::serve(listener, router(admin)).await {
+        tracing::error!(error = %e, "http listener stopped");
+    }
+}
+
+/// A JSON body with `status`.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut text = body.to_string();
+    text.push('\n');
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A 200 JSON answer.
+pub(crate) fn ok(body: serde_json::Value) -> Result<Response> {
+    Ok(json_response(StatusCode::OK, &body))
+}
