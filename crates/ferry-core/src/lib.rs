@@ -9,6 +9,7 @@
 pub mod access;
 pub mod alarm;
 mod broker;
+mod browse;
 mod catalog;
 mod error;
 pub mod group;

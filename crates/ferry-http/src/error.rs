@@ -65,3 +65,42 @@ impl From<CoreError> for ApiError {
         }
     }
 }
+
+impl From<ferry_core::group::GroupError> for ApiError {
+    fn from(e: ferry_core::group::GroupError) -> ApiError {
+        use ferry_core::group::GroupError as G;
+        let message = e.to_string();
+        match e {
+            G::GroupIdNotFound => ApiError::not_found(message),
+            G::NonEmptyGroup | G::RebalanceInProgress | G::UnknownMemberId => {
+                ApiError::conflict(message)
+            }
+            G::InvalidGroupId | G::OffsetMetadataTooLarge => ApiError::bad_request(message),
+            G::CoordinatorNotAvailable => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            _ => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<ferry_core::messaging::MessagingError> for ApiError {
+    fn from(e: ferry_core::messaging::MessagingError) -> ApiError {
+        use ferry_core::messaging::MessagingError as M;
+        let message = e.to_string();
+        match e {
+            M::NotFound { .. } => ApiError::not_found(message),
+            M::PreconditionFailed(_) | M::ResourceLocked(_) | M::QueueFull(_) => {
+                ApiError::conflict(message)
+            }
+            M::AccessRefused(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            M::InvalidArgument { .. } => ApiError::bad_request(message),
+            M::Storage(_) => ApiError::internal(message),
+        }
+    }
+}
+
+/// A blocking job (disk work in `ferry-core`) that panicked.
+pub(crate) fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::internal(format!("the operation failed unexpectedly: {e}"))
+}

@@ -1,5 +1,6 @@
 //! Ferry's operations listener (`ferry serve --http-listen`): a JSON admin
-//! API over the broker model of `ferry-core`.
+//! API over the broker model of `ferry-core` (topics, consumer groups,
+//! exchanges, queues, bindings, a message browser).
 //!
 //! It holds no state of its own beyond the start time and the listener
 //! addresses it reports: every answer is read from the broker when asked.
@@ -7,10 +8,17 @@
 //! yet, which is why the listener binds loopback by default.
 //!
 //! Where things are: `error` (the JSON error shape and the one mapping from
-//! domain errors to statuses), `overview` (`/api/overview`).
+//! domain errors to statuses), `request` (query and body parsing with
+//! limits), `overview` (`/api/overview`), `topics` (topics and the record
+//! browser), `groups` (consumer groups, lag, offset resets), `messaging`
+//! (vhosts, exchanges, queues, bindings, queue browsing).
 
 mod error;
+mod groups;
+mod messaging;
 mod overview;
+mod request;
+mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use ferry_core::Broker;
 use tokio::net::TcpListener;
 
@@ -65,6 +73,36 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/api/overview", get(overview::get))
+        .route("/api/topics", get(topics::list).post(topics::create))
+        .route(
+            "/api/topics/{name}",
+            get(topics::get).delete(topics::delete),
+        )
+        .route("/api/topics/{name}/configs", patch(topics::alter_configs))
+        .route(
+            "/api/topics/{name}/partitions/{partition}/records",
+            get(topics::records),
+        )
+        .route("/api/groups", get(groups::list))
+        .route(
+            "/api/groups/{group}",
+            get(groups::get).delete(groups::delete),
+        )
+        .route(
+            "/api/groups/{group}/reset-offsets",
+            post(groups::reset_offsets),
+        )
+        .route("/api/vhosts", get(messaging::vhosts))
+        .route("/api/exchanges", get(messaging::exchanges))
+        .route("/api/exchanges/{vhost}/{name}", get(messaging::exchange))
+        .route("/api/queues", get(messaging::queues))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(messaging::queue).delete(messaging::delete_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/purge", post(messaging::purge))
+        .route("/api/queues/{vhost}/{name}/messages", get(messaging::peek))
+        .route("/api/bindings", get(messaging::bindings))
         .fallback(not_found)
         .with_state(admin)
 }

@@ -5,6 +5,7 @@
 //! It must never reach into `ferry-log` files or hold broker state of its own.
 
 mod connection;
+pub mod consumer_protocol;
 mod errors;
 mod handlers;
 mod versions;

@@ -9,6 +9,7 @@
 //! that waited long enough.
 
 mod offsets;
+pub mod reset;
 mod state;
 
 use std::collections::HashMap;

@@ -1450,6 +1450,41 @@ impl Shared {
     }
 }
 
+/// Read-only views for the admin API (`messaging/inspect.rs`).
+impl Shared {
+    /// Every vhost's name, sorted.
+    pub fn vhost_names(&self) -> Vec<String> {
+        read(&self.vhosts).keys().cloned().collect()
+    }
+
+    /// Every queue of a vhost, sorted by name; empty for an unknown vhost.
+    pub fn queues_of(&self, vhost: &str) -> Vec<Arc<Queue>> {
+        let Ok(v) = self.vhost(vhost) else {
+            return Vec::new();
+        };
+        let topo = v.read();
+        let mut queues: Vec<Arc<Queue>> = topo.queues.values().cloned().collect();
+        queues.sort_by(|a, b| a.name().cmp(b.name()));
+        queues
+    }
+
+    /// Every binding of a vhost as (source exchange, binding), sorted by
+    /// source; empty for an unknown vhost.
+    pub fn bindings_of(&self, vhost: &str) -> Vec<(String, Binding)> {
+        let Ok(v) = self.vhost(vhost) else {
+            return Vec::new();
+        };
+        let topo = v.read();
+        let mut out: Vec<(String, Binding)> = topo
+            .exchanges
+            .iter()
+            .flat_map(|(name, x)| x.bindings.all().iter().map(|b| (name.clone(), b.clone())))
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1.dest, &a.1.key).cmp(&(&b.0, &b.1.dest, &b.1.key)));
+        out
+    }
+}
+
 /// Whether dead-lettering into `queue` closes a cycle with no rejection in
 /// it (RabbitMQ then drops the message rather than loop forever).
 fn is_cycle(deaths: &[Death], queue: &str) -> bool {

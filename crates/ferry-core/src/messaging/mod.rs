@@ -27,6 +27,7 @@
 mod args;
 mod codec;
 mod engine;
+mod inspect;
 mod journal;
 mod queue;
 mod routing;
@@ -45,6 +46,7 @@ use tokio::sync::Notify;
 
 pub use args::PRIORITY_MAX;
 pub use engine::{DEFAULT_VHOST, MessagingConfig};
+pub use inspect::{BindingInfo, PeekState, PeekedMessage, QueueDetails, exchange_type_name};
 
 use engine::Shared;
 

@@ -1833,3 +1833,56 @@ pub(crate) fn original_expiration(m: &Message) -> Option<String> {
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
     )
 }
+
+/// Where a message held by a queue stands, for [`QueueInner::peek`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeldState {
+    Ready,
+    InFlight,
+    Delayed,
+}
+
+/// Read-only browsing for the admin API: nothing here changes delivery state.
+impl QueueInner {
+    /// Up to `max` messages the queue holds (not settled), from offset
+    /// `from` on, in log order, each with its state and delivery count. A
+    /// stream queue holds its whole log. The state lock is held while the
+    /// messages are read, as `in_flight_deliveries` does, so `max` must be
+    /// small.
+    pub fn peek(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Message, HeldState, u32)>, MessagingError> {
+        let mut st = lock(&self.state);
+        let mut out = Vec::new();
+        let end = u64::try_from(self.log.high_watermark()).unwrap_or(0);
+        let start = u64::try_from(self.log.log_start_offset()).unwrap_or(0);
+        let mut offset = from.max(start);
+        if !self.is_stream() {
+            offset = offset.max(st.low_water);
+        }
+        while offset < end && out.len() < max {
+            if !self.is_stream() {
+                let next = st.settled.first_absent_from(offset);
+                if next != offset {
+                    offset = next;
+                    continue;
+                }
+            }
+            let (state, count) = match st.in_flight.get(&offset) {
+                Some(f) => (HeldState::InFlight, f.count),
+                None if st.delayed.iter().any(|(_, o)| *o == offset) => (HeldState::Delayed, 0),
+                None => (
+                    HeldState::Ready,
+                    st.counts.get(&offset).copied().unwrap_or(0),
+                ),
+            };
+            let rec = self.load(&mut st, offset)?;
+            let (message, _) = codec::decode_message(&rec);
+            out.push((offset, message, state, count));
+            offset += 1;
+        }
+        Ok(out)
+    }
+}

@@ -75,6 +75,11 @@ impl Bindings {
         self.all.is_empty()
     }
 
+    /// Every binding, in the order they were made (for listings).
+    pub fn all(&self) -> &[Binding] {
+        &self.all
+    }
+
     pub fn contains(&self, b: &Binding) -> bool {
         self.all.contains(b)
     }

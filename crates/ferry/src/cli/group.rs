@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{Args, Subcommand};
+use ferry_core::group::reset::{ResetTarget, reset_offset};
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::{DeleteGroupsRequest, DescribeGroupsRequest, ListGroupsRequest};
 use serde_json::{Value, json};
@@ -84,6 +85,18 @@ ferry group reset-offsets billing --topic orders --to 2026-11-28T10:00:00Z --exe
 enum Target {
     At(Start),
     Shift(i64),
+}
+
+impl Target {
+    fn reset_target(self) -> ResetTarget {
+        match self {
+            Target::At(Start::Beginning) => ResetTarget::Earliest,
+            Target::At(Start::End) => ResetTarget::Latest,
+            Target::At(Start::Offset(n)) => ResetTarget::Offset(n),
+            Target::At(Start::Time(t)) => ResetTarget::Timestamp(t),
+            Target::Shift(n) => ResetTarget::Shift(n),
+        }
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target> {
@@ -435,16 +448,8 @@ async fn reset_offsets(
             let lo = lo.get(&p).map_or(0, |o| o.0);
             let hi = hi.get(&p).map_or(0, |o| o.0).max(lo);
             let current = committed.get(&(name.clone(), p)).copied();
-            let new = match target {
-                Target::At(Start::Beginning) => lo,
-                Target::At(Start::End) => hi,
-                Target::At(Start::Offset(n)) => n.clamp(lo, hi),
-                Target::At(Start::Time(_)) => match by_time.get(&p) {
-                    Some(&(o, _)) if o >= 0 => o,
-                    _ => hi,
-                },
-                Target::Shift(n) => current.unwrap_or(lo).saturating_add(n).clamp(lo, hi),
-            };
+            let at_time = by_time.get(&p).map(|&(o, _)| o);
+            let new = reset_offset(target.reset_target(), lo, hi, current, at_time);
             plan.push((name.clone(), p, current, new));
         }
     }

@@ -45,24 +45,7 @@ pub fn group_id(g: &str) -> GroupId {
 /// (topic, partition) → offset.
 pub type Offsets = BTreeMap<(String, i32), i64>;
 
-/// Decodes a member's assignment (version prefix, then the struct); empty
-/// bytes mean no partitions.
-pub fn decode_assignment(bytes: &Bytes) -> BTreeMap<String, Vec<i32>> {
-    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    let mut buf = bytes.clone();
-    if buf.len() < 2 {
-        return out;
-    }
-    let version = buf.get_i16().clamp(0, 3);
-    if let Ok(a) = ConsumerProtocolAssignment::decode(&mut buf, version) {
-        for tp in a.assigned_partitions {
-            let mut ps = tp.partitions;
-            ps.sort_unstable();
-            out.entry(tp.topic.0.to_string()).or_default().extend(ps);
-        }
-    }
-    out
-}
+pub use ferry_kafka::consumer_protocol::decode_assignment;
 
 fn decode_subscription(bytes: &Bytes) -> Vec<String> {
     let mut buf = bytes.clone();
