@@ -1,6 +1,7 @@
 //! Ferry's operations listener (`ferry serve --http-listen`): a JSON admin
 //! API over the broker model of `ferry-core` (topics, consumer groups,
-//! exchanges, queues, bindings, a message browser).
+//! exchanges, queues, bindings, a message browser), its OpenAPI document at
+//! `/api/openapi.json`.
 //!
 //! It holds no state of its own beyond the start time and the listener
 //! addresses it reports: every answer is read from the broker when asked.
@@ -73,6 +74,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/api/overview", get(overview::get))
+        .route("/api/openapi.json", get(openapi))
         .route("/api/topics", get(topics::list).post(topics::create))
         .route(
             "/api/topics/{name}",
@@ -104,11 +106,34 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/queues/{vhost}/{name}/messages", get(messaging::peek))
         .route("/api/bindings", get(messaging::bindings))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(admin)
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
     ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+    .into_response()
+}
+
+/// The OpenAPI 3.1 document of this API, written by hand beside the code
+/// (the interop tests check every answer against it).
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    let mut response = Response::new(Body::from(OPENAPI_JSON));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
