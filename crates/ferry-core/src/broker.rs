@@ -27,6 +27,7 @@ use crate::alarm::{Alarms, ResourceAlarms, ResourceLimits};
 use crate::catalog::{Catalog, CatalogEvent, TopicRecord};
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::messaging::{Messaging, MessagingConfig};
+use crate::metrics::Metrics;
 use crate::names::{collision_key, validate_topic_name};
 use crate::producer_ids::ProducerIds;
 use crate::topic_config::{self, ConfigEntry, ConfigOp};
@@ -136,6 +137,8 @@ pub struct Broker {
     messaging: Arc<Messaging>,
     /// Disk and memory alarms, for every front end to follow.
     alarms: Arc<Alarms>,
+    /// Traffic counters the front ends bump (`/metrics`, message rates).
+    metrics: Arc<Metrics>,
     /// Holds the directory's flock for the broker's lifetime.
     _lock_file: File,
 }
@@ -207,6 +210,7 @@ impl Broker {
             producer_ids,
             messaging: Arc::new(messaging),
             alarms: Arc::new(Alarms::default()),
+            metrics: Arc::new(Metrics::default()),
             _lock_file: lock_file,
         };
         for (name, record) in records {
@@ -345,6 +349,11 @@ impl Broker {
             self.config.resource_limits,
         )
         .await
+    }
+
+    /// Traffic counters: front ends count what passes through them here.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn cluster_id(&self) -> &str {

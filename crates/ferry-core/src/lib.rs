@@ -14,6 +14,7 @@ mod catalog;
 mod error;
 pub mod group;
 pub mod messaging;
+pub mod metrics;
 pub mod names;
 mod producer_ids;
 pub mod topic_config;

@@ -1,7 +1,7 @@
 //! Ferry's operations listener (`ferry serve --http-listen`): a JSON admin
 //! API over the broker model of `ferry-core` (topics, consumer groups,
 //! exchanges, queues, bindings, a message browser), its OpenAPI document at
-//! `/api/openapi.json`.
+//! `/api/openapi.json`, and `/metrics` for Prometheus.
 //!
 //! It holds no state of its own beyond the start time and the listener
 //! addresses it reports: every answer is read from the broker when asked.
@@ -12,11 +12,13 @@
 //! domain errors to statuses), `request` (query and body parsing with
 //! limits), `overview` (`/api/overview`), `topics` (topics and the record
 //! browser), `groups` (consumer groups, lag, offset resets), `messaging`
-//! (vhosts, exchanges, queues, bindings, queue browsing).
+//! (vhosts, exchanges, queues, bindings, queue browsing), `metrics`
+//! (`/metrics`, HTTP request counting, the overview's message rates).
 
 mod error;
 mod groups;
 mod messaging;
+mod metrics;
 mod overview;
 mod request;
 mod topics;
@@ -56,6 +58,7 @@ pub struct Admin {
     pub broker: Arc<Broker>,
     pub config: HttpConfig,
     pub started: Instant,
+    pub rates: metrics::Rates,
 }
 
 impl Admin {
@@ -64,6 +67,7 @@ impl Admin {
             broker,
             config,
             started: Instant::now(),
+            rates: metrics::Rates::default(),
         })
     }
 }
@@ -105,8 +109,13 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/queues/{vhost}/{name}/purge", post(messaging::purge))
         .route("/api/queues/{vhost}/{name}/messages", get(messaging::peek))
         .route("/api/bindings", get(messaging::bindings))
+        .route("/metrics", get(metrics::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            metrics::count_requests,
+        ))
         .with_state(admin)
 }
 
@@ -138,7 +147,10 @@ async fn openapi() -> Response {
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    if let Err(e) = axum::serve(listener, router(admin)).await {
+    let rates = tokio::spawn(metrics::run_rates(admin.clone()));
+    let served = axum::serve(listener, router(admin)).await;
+    rates.abort();
+    if let Err(e) = served {
         tracing::error!(error = %e, "http listener stopped");
     }
 }

@@ -30,6 +30,8 @@ pub async fn get(State(admin): State<Arc<Admin>>) -> Result<Response> {
     let data_dir = broker.config().data_dir.clone();
     let disk_free = alarm::disk_free(&data_dir).ok();
     let alarms = *broker.alarms().borrow();
+    let (in_per_second, out_per_second) = admin.rates.current();
+    let (in_total, out_total) = broker.metrics().record_totals();
     ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "cluster_id": broker.cluster_id(),
@@ -44,6 +46,13 @@ pub async fn get(State(admin): State<Arc<Admin>>) -> Result<Response> {
             "queues": queues.len(),
             "queue_messages": queues.iter().map(|q| q.unsettled()).sum::<u64>(),
         },
+        "message_rates": {
+            "in_per_second": in_per_second,
+            "out_per_second": out_per_second,
+            "in_total": in_total,
+            "out_total": out_total,
+        },
+        "connections": broker.metrics().open_connections(),
         "disk": {
             "data_dir": data_dir.display().to_string(),
             "topic_bytes": topic_bytes,

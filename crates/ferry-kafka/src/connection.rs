@@ -62,6 +62,7 @@ async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>) {
         tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
     }
     tracing::debug!(%peer, "kafka client connected");
+    let _open = ctx.broker.metrics().connection("kafka");
     let (rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.connection_requests_in_flight_max.max(1));
     let reader = read_requests(rd, tx, ctx.clone());
@@ -141,10 +142,14 @@ async fn read_requests(
         }
         let frame: Bytes = frame.freeze();
         let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
+        let api = request.api_key;
         let work = handlers::start(ctx.clone(), request, frame);
+        let metrics = ctx.broker.metrics().clone();
+        let started = std::time::Instant::now();
         let task = tokio::spawn(async move {
             let outcome = work.await;
             drop(permit);
+            metrics.request("kafka", &format!("{api:?}"), started.elapsed());
             outcome
         });
         if tx.send(task).await.is_err() {

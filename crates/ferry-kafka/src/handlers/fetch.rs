@@ -106,6 +106,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
 
         let (responses, bytes, any_error) = read_all(&topics, max_bytes);
         if bytes >= min_bytes || any_error || Instant::now() >= deadline || watchers.is_empty() {
+            count_sent(ctx, &topics, &responses);
             response.responses = responses;
             return response;
         }
@@ -113,8 +114,38 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             // Deadline passed: answer with whatever there is now.
             let (responses, _, _) = read_all(&topics, max_bytes);
+            count_sent(ctx, &topics, &responses);
             response.responses = responses;
             return response;
+        }
+    }
+}
+
+/// Counts the records (from each partition's fetch offset on) and bytes an
+/// answer sends, for the traffic metrics. Only the answer that is sent is
+/// counted, not the reads a long poll discards.
+fn count_sent(ctx: &Ctx, topics: &[TopicTargets], responses: &[FetchableTopicResponse]) {
+    for (topic, response) in topics.iter().zip(responses) {
+        let mut name: Option<String> = None;
+        for ((index, target), data) in topic.partitions.iter().zip(&response.partitions) {
+            let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let Ok(batches) = ferry_log::records::split_batches(records.clone()) else {
+                continue;
+            };
+            let count: i64 = batches
+                .iter()
+                .map(|(base, last, _)| (last - (*base).max(target.fetch_offset) + 1).max(0))
+                .sum();
+            // Since v13 requests name topics by id only.
+            let name = name.get_or_insert_with(|| match ctx.broker.topic_by_id(topic.id) {
+                Some(t) if topic.name.0.is_empty() => t.name.clone(),
+                _ => topic.name.0.to_string(),
+            });
+            ctx.broker
+                .metrics()
+                .records_out(name, *index, count as u64, records.len() as u64);
         }
     }
 }

@@ -69,7 +69,18 @@ pub(crate) fn append(ctx: &Ctx, req: ProduceRequest) -> Appended {
                         }
                         Some(log) => log
                             .append(&records)
-                            .map(|info| (log, info))
+                            .map(|info| {
+                                if !info.duplicate {
+                                    let count = info.last_offset - info.base_offset + 1;
+                                    ctx.broker.metrics().records_in(
+                                        &name,
+                                        data.index,
+                                        count.max(0) as u64,
+                                        records.len() as u64,
+                                    );
+                                }
+                                (log, info)
+                            })
                             .map_err(|e| {
                                 let code = log_error(&e);
                                 if code == ResponseError::KafkaStorageError {

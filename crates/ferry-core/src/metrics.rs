@@ -1,0 +1,237 @@
+//! Counters the front ends bump as traffic passes (records and bytes in and
+//! out per partition, requests and their latency per protocol, open
+//! connections), for `/metrics` and the admin API's message rates.
+//!
+//! Gauges that can be read from the broker's state when asked (offsets,
+//! sizes, lag, queue depths, disk, memory) are not kept here: the HTTP front
+//! end reads them at scrape time, so they can never drift from the truth.
+//!
+//! Nothing here knows a wire format; the `prometheus-client` types only hold
+//! the numbers and encode them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: &'static str,
+    request: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// Request latency buckets: 50 µs to about 13 s, ×4 apart.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
+}
+
+/// Traffic counters of one broker.
+#[derive(Debug)]
+pub struct Metrics {
+    records_in: Family<PartitionLabels, Counter>,
+    bytes_in: Family<PartitionLabels, Counter>,
+    records_out: Family<PartitionLabels, Counter>,
+    bytes_out: Family<PartitionLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: HistogramFamily,
+    connections: Family<ProtocolLabels, Gauge>,
+    connections_opened: Family<ProtocolLabels, Counter>,
+    /// Sums over every partition, for message rates without walking the
+    /// families.
+    records_in_total: AtomicU64,
+    records_out_total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            records_in: Family::default(),
+            bytes_in: Family::default(),
+            records_out: Family::default(),
+            bytes_out: Family::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            connections: Family::default(),
+            connections_opened: Family::default(),
+            records_in_total: AtomicU64::new(0),
+            records_out_total: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counts one open connection until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Metrics {
+    fn partition(topic: &str, partition: i32) -> PartitionLabels {
+        PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+
+    /// Records appended to a topic partition by a client.
+    pub fn records_in(&self, topic: &str, partition: i32, records: u64, bytes: u64) {
+        let labels = Self::partition(topic, partition);
+        self.records_in.get_or_create(&labels).inc_by(records);
+        self.bytes_in.get_or_create(&labels).inc_by(bytes);
+        self.records_in_total.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records sent to a client reading a topic partition.
+    pub fn records_out(&self, topic: &str, partition: i32, records: u64, bytes: u64) {
+        let labels = Self::partition(topic, partition);
+        self.records_out.get_or_create(&labels).inc_by(records);
+        self.bytes_out.get_or_create(&labels).inc_by(bytes);
+        self.records_out_total.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// One request of `protocol` (e.g. the Kafka API name) answered after
+    /// `elapsed`.
+    pub fn request(&self, protocol: &'static str, request: &str, elapsed: Duration) {
+        let labels = RequestLabels {
+            protocol,
+            request: request.to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection of `protocol` opened; it counts as open until the guard
+    /// is dropped.
+    pub fn connection(&self, protocol: &'static str) -> ConnectionGuard {
+        let labels = ProtocolLabels { protocol };
+        self.connections_opened.get_or_create(&labels).inc();
+        let gauge = self.connections.get_or_create(&labels).clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// Open connections of every protocol.
+    pub fn open_connections(&self) -> i64 {
+        ["kafka", "amqp", "sqs", "http"]
+            .into_iter()
+            .map(|p| {
+                self.connections
+                    .get_or_create(&ProtocolLabels { protocol: p })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Records in and out since the broker started, over every partition.
+    pub fn record_totals(&self) -> (u64, u64) {
+        (
+            self.records_in_total.load(Ordering::Relaxed),
+            self.records_out_total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adds every counter to `registry` (a scrape's registry: the families
+    /// are shared, so their values are the live ones).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ferry_partition_records_in",
+            "Records appended to a topic partition by clients",
+            self.records_in.clone(),
+        );
+        registry.register(
+            "ferry_partition_bytes_in",
+            "Bytes of record batches appended to a topic partition by clients",
+            self.bytes_in.clone(),
+        );
+        registry.register(
+            "ferry_partition_records_out",
+            "Records sent to clients reading a topic partition",
+            self.records_out.clone(),
+        );
+        registry.register(
+            "ferry_partition_bytes_out",
+            "Bytes of record batches sent to clients reading a topic partition",
+            self.bytes_out.clone(),
+        );
+        registry.register(
+            "ferry_requests",
+            "Requests answered, by protocol and request type",
+            self.requests.clone(),
+        );
+        registry.register(
+            "ferry_request_duration_seconds",
+            "Time from a request's arrival to its answer, by protocol and request type",
+            self.request_seconds.clone(),
+        );
+        registry.register(
+            "ferry_connections",
+            "Client connections open now, by protocol",
+            self.connections.clone(),
+        );
+        registry.register(
+            "ferry_connections_opened",
+            "Client connections accepted, by protocol",
+            self.connections_opened.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn counters_add_up_and_encode() {
+        let m = Metrics::default();
+        m.records_in("orders", 0, 10, 500);
+        m.records_in("orders", 0, 5, 200);
+        m.records_out("orders", 0, 3, 100);
+        m.request("kafka", "Produce", Duration::from_millis(2));
+        let c = m.connection("kafka");
+        assert_eq!(m.open_connections(), 1);
+        drop(c);
+        assert_eq!(m.open_connections(), 0);
+        assert_eq!(m.record_totals(), (15, 3));
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"ferry_partition_records_in_total{topic="orders",partition="0"} 15"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ferry_partition_bytes_in_total{topic="orders",partition="0"} 700"#)
+        );
+        assert!(text.contains(r#"ferry_requests_total{protocol="kafka",request="Produce"} 1"#));
+        assert!(text.contains(r#"ferry_connections_opened_total{protocol="kafka"} 1"#));
+    }
+}
