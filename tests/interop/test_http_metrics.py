@@ -140,3 +140,29 @@ def test_overview_message_rates_follow_traffic(ferry):
     )
     assert 0 < rates["in_per_second"] <= 500
     assert rates["out_per_second"] == 0
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_broker_exports(ferry):
+    """docs/grafana-dashboard.json must not chart a metric nobody exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    wanted = {m for e in exprs for m in re.findall(r"\bferry_[a-z_]+", e)}
+    # Traffic of every kind, so that every family has samples.
+    topic = unique_topic()
+    produce_ok(make_producer(ferry.bootstrap), topic, [{"value": b"x"}] * 3)
+    c = make_consumer(ferry.bootstrap, **{"group.id": "dash"})
+    c.assign([TopicPartition(topic, 0, 0)])
+    consume_n(c, 3)
+    c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    c.close()
+    conn = connect(ferry)
+    conn.channel().queue_declare("dash")
+    conn.close()
+    exported = {name for name, _ in scrape(ferry)}
+    missing = sorted(wanted - exported)
+    assert not missing, f"the dashboard charts metrics /metrics does not export: {missing}"
+    assert len(wanted) >= 15

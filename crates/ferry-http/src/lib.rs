@@ -13,13 +13,15 @@
 //! limits), `overview` (`/api/overview`), `topics` (topics and the record
 //! browser), `groups` (consumer groups, lag, offset resets), `messaging`
 //! (vhosts, exchanges, queues, bindings, queue browsing), `metrics`
-//! (`/metrics`, HTTP request counting, the overview's message rates).
+//! (`/metrics`, HTTP request counting, the overview's message rates),
+//! `rabbitmq` (RabbitMQ's management API subset under `/rabbitmq`).
 
 mod error;
 mod groups;
 mod messaging;
 mod metrics;
 mod overview;
+mod rabbitmq;
 mod request;
 mod topics;
 
@@ -110,6 +112,9 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/queues/{vhost}/{name}/messages", get(messaging::peek))
         .route("/api/bindings", get(messaging::bindings))
         .route("/metrics", get(metrics::get))
+        .route("/rabbitmq/api/overview", get(rabbitmq::overview))
+        .route("/rabbitmq/api/queues", get(rabbitmq::queues))
+        .route("/rabbitmq/api/exchanges", get(rabbitmq::exchanges))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -41,7 +41,7 @@ pub fn arguments_json(args: &Arguments) -> Value {
     Value::Object(map)
 }
 
-fn queue_type_name(t: QueueType) -> &'static str {
+pub fn queue_type_name(t: QueueType) -> &'static str {
     match t {
         QueueType::Classic => "classic",
         QueueType::Quorum => "quorum",

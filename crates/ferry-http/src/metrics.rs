@@ -254,7 +254,7 @@ pub async fn get(State(admin): State<Arc<Admin>>) -> Result<Response> {
 /// segments when they are one of ours, so a client cannot make up label
 /// values (`/api/topics/x` counts as `/api/topics`).
 fn route_name(path: &str) -> &'static str {
-    const ROUTES: [&str; 10] = [
+    const ROUTES: [&str; 11] = [
         "/api/overview",
         "/api/openapi.json",
         "/api/topics",
@@ -264,6 +264,7 @@ fn route_name(path: &str) -> &'static str {
         "/api/queues",
         "/api/bindings",
         "/metrics",
+        "/rabbitmq/api",
         "/",
     ];
     ROUTES
