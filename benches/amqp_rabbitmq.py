@@ -182,7 +182,7 @@ class Ferry:
 
     def command(self, data: str, port: int | str) -> list[str]:
         return [str(self.binary), "serve", "--data-dir", data, "--kafka-listen", "127.0.0.1:0",
-                "--amqp-listen", f"127.0.0.1:{port}", "--sqs-listen", "127.0.0.1:0"]
+                "--amqp-listen", f"127.0.0.1:{port}", "--sqs-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
 
     def start(self, tag: str) -> None:
         d = self.run_dir / tag

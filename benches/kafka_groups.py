@@ -400,7 +400,7 @@ class Broker:
         self.log_path = data_dir.with_suffix(".log")
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.cmd = [str(ferry), "serve", "--data-dir", str(data_dir),
-                    "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--group-initial-rebalance-delay-ms", "0"]
+                    "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--group-initial-rebalance-delay-ms", "0"]
         env = dict(os.environ, NO_COLOR="1")
         # The group coordinator's info lines time the steps of a failover.
         env.setdefault("FERRY_LOG", "warn,ferry::serve=info,ferry_core::group=info")

@@ -262,7 +262,7 @@ class Broker:
         self.cmd = [
             str(ferry), "serve",
             "--data-dir", str(data_dir),
-            "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0",
+            "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
             "--topic-default", f"fsync.policy={fsync}",
             "--default-partitions", str(partitions),
         ]

@@ -111,7 +111,7 @@ class Ferry:
         self.logfile = open(self.log_path, "w")
         self.cmd = [str(self.binary), "serve", "--data-dir", str(d / "data"),
                     "--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0",
-                    "--sqs-listen", f"127.0.0.1:{self.port}"]
+                    "--sqs-listen", f"127.0.0.1:{self.port}", "--http-listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self.logfile,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
