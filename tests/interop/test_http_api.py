@@ -370,3 +370,61 @@ def test_queue_names_with_slashes_and_spaces_are_reachable(ferry):
     conn.close()
     q = get_ok(ferry, "/api/queues/%2F/" + urllib.parse.quote("a/b c", safe=""))
     assert q["name"] == "a/b c"
+
+
+def _dead_letter_setup(ch, n: int) -> None:
+    ch.exchange_declare("dlx", "fanout")
+    ch.queue_declare("dlq", durable=True)
+    ch.queue_bind("dlq", "dlx")
+    ch.queue_declare("orders", durable=True, arguments={"x-dead-letter-exchange": "dlx"})
+    ch.confirm_delivery()
+    for i in range(n):
+        ch.basic_publish("", "orders", f"order {i}".encode(), pika.BasicProperties(delivery_mode=2))
+    for _ in range(n):
+        method, _, _ = ch.basic_get("orders")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+
+
+def test_redrive_moves_dead_letters_back_to_their_source(ferry):
+    conn = connect(ferry)
+    ch = conn.channel()
+    _dead_letter_setup(ch, 3)
+    wait_until(lambda: get_ok(ferry, "/api/queues/%2F/dlq")["messages"] == 3, what="3 dead letters")
+
+    a = call(ferry, "POST", "/api/queues/%2F/dlq/redrive", {"limit": 1})
+    assert a.json == {"moved": 1, "stopped": None}
+    a = call(ferry, "POST", "/api/queues/%2F/dlq/redrive")
+    assert a.json == {"moved": 2, "stopped": None}
+    assert get_ok(ferry, "/api/queues/%2F/dlq")["messages"] == 0
+    # A consumer of the source gets them back, in order, with their history.
+    got = []
+    for _ in range(3):
+        method, props, body = ch.basic_get("orders", auto_ack=True)
+        got.append(body)
+        assert props.headers["x-death"][0]["queue"] == "orders"
+    assert got == [b"order 0", b"order 1", b"order 2"]
+    conn.close()
+
+
+def test_redrive_stops_at_messages_it_cannot_send_back(ferry):
+    conn = connect(ferry)
+    ch = conn.channel()
+    _dead_letter_setup(ch, 1)
+    ch.basic_publish("", "dlq", b"never died")  # no dead-letter history
+    wait_until(lambda: get_ok(ferry, "/api/queues/%2F/dlq")["messages"] == 2, what="2 messages")
+    a = call(ferry, "POST", "/api/queues/%2F/dlq/redrive")
+    assert a.json["moved"] == 1 and "no dead-letter history" in a.json["stopped"]
+    assert get_ok(ferry, "/api/queues/%2F/dlq")["messages"] == 1
+
+    ch.basic_get("dlq", auto_ack=True)  # drop it; dead-letter one more, then delete its source
+    ch.basic_publish("", "orders", b"late")
+    method, _, _ = ch.basic_get("orders")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.queue_delete("orders")
+    wait_until(lambda: get_ok(ferry, "/api/queues/%2F/dlq")["messages"] >= 1, what="a dead letter")
+    a = call(ferry, "POST", "/api/queues/%2F/dlq/redrive")
+    assert a.json["moved"] == 0 and "no longer exists" in a.json["stopped"]
+    assert get_ok(ferry, "/api/queues/%2F/dlq")["messages"] >= 1
+    assert_error(call(ferry, "POST", "/api/queues/%2F/dlq/redrive", {"limit": 0}), 400, "bad_request")
+    assert_error(call(ferry, "POST", "/api/queues/%2F/nope/redrive"), 404, "not_found")
+    conn.close()

@@ -110,6 +110,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/api/queues/{vhost}/{name}/purge", post(messaging::purge))
         .route("/api/queues/{vhost}/{name}/messages", get(messaging::peek))
+        .route(
+            "/api/queues/{vhost}/{name}/redrive",
+            post(messaging::redrive),
+        )
         .route("/api/bindings", get(messaging::bindings))
         .route("/metrics", get(metrics::get))
         .route("/rabbitmq/api/overview", get(rabbitmq::overview))

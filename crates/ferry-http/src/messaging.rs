@@ -12,8 +12,11 @@ use ferry_core::messaging::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::request::{bytes_json, int_param, query};
+use crate::request::{bytes_json, int_param, json_object, opt_int, query};
 use crate::{Admin, ApiError, Result, ok};
+
+/// Most messages one redrive moves.
+pub const REDRIVE_MESSAGES_MAX: i64 = 100_000;
 
 /// Most messages one queue browse returns.
 pub const PEEK_MESSAGES_MAX: i64 = 1000;
@@ -291,4 +294,65 @@ pub async fn bindings(State(admin): State<Arc<Admin>>) -> Result<Response> {
         })
         .collect();
     ok(json!({ "bindings": out }))
+}
+
+/// `POST /api/queues/{vhost}/{name}/redrive` `{"limit"?}`: moves
+/// dead-lettered messages back to the queue they died in (the newest entry
+/// of their dead-letter history), through the default exchange, oldest
+/// first. Each is acknowledged in the dead-letter queue only once its copy
+/// is stored in the source queue, durably when the source is durable (as a
+/// publisher confirm waits), so a crash in between duplicates, never loses.
+/// Stops at the first message with no dead-letter history or whose source
+/// queue is gone, and leaves it where it is (returned to the queue, which
+/// counts as a delivery), saying why.
+pub async fn redrive(
+    State(admin): State<Arc<Admin>>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: bytes::Bytes,
+) -> Result<Response> {
+    let body = json_object(&body)?;
+    let limit = opt_int(&body, "limit", 1, REDRIVE_MESSAGES_MAX)?.unwrap_or(REDRIVE_MESSAGES_MAX);
+    let m = admin.broker.messaging();
+    let q = queue_or_404(m, &vhost, &name)?;
+    let mut moved: i64 = 0;
+    let mut stopped = None;
+    while moved < limit {
+        let Some(d) = q.get(false)? else { break };
+        let Some(source) = d.message.deaths.first().map(|death| death.queue.clone()) else {
+            q.reject(d.id, true)?;
+            stopped = Some(format!(
+                "message {} has no dead-letter history: nowhere to send it back",
+                d.id
+            ));
+            break;
+        };
+        let mut message = d.message.clone();
+        message.exchange = String::new();
+        message.routing_key = source.clone();
+        let published = match m.publish(&vhost, message) {
+            Ok(p) => p,
+            Err(e) => {
+                q.reject(d.id, true)?;
+                return Err(e.into());
+            }
+        };
+        if published.routed == 0 {
+            q.reject(d.id, true)?;
+            stopped = Some(format!(
+                "message {} died in queue '{source}', which no longer exists",
+                d.id
+            ));
+            break;
+        }
+        if let Err(e) = published.pending.durable().await {
+            q.reject(d.id, true)?;
+            return Err(e.into());
+        }
+        q.ack(d.id)?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(vhost = %vhost, queue = %name, moved, "redrove dead-lettered messages through the admin API");
+    }
+    ok(json!({ "moved": moved, "stopped": stopped }))
 }
