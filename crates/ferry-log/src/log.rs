@@ -189,12 +189,28 @@ pub(crate) struct TestHooks {
     pub syncs: std::sync::atomic::AtomicU64,
 }
 
+/// A group-commit turn: frees the lock, then wakes everyone waiting for the
+/// turn to end, also when the waiting future is dropped mid-fsync.
+struct SyncTurn<'a> {
+    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+    ended: &'a tokio::sync::Notify,
+}
+
+impl Drop for SyncTurn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        self.ended.notify_waiters();
+    }
+}
+
 pub struct Log {
     dir: PathBuf,
     core: Arc<Core>,
     /// Serialises group-commit fsyncs: a waiter that gets it after another
     /// fsync finished usually finds its append already covered.
     sync_lock: tokio::sync::Mutex<()>,
+    /// Woken whenever a group-commit turn ends (the lock is free again).
+    sync_ended: tokio::sync::Notify,
     /// `config.max_batch_bytes`, readable without the lock because batches are
     /// validated before it is taken.
     max_batch_bytes: AtomicU32,
@@ -474,6 +490,7 @@ impl Log {
                 clock,
             }),
             sync_lock: tokio::sync::Mutex::new(()),
+            sync_ended: tokio::sync::Notify::new(),
             #[cfg(test)]
             hooks: TestHooks::default(),
         })
@@ -595,32 +612,7 @@ impl Log {
     /// commit for `Always`: one fsync covers every append waiting). Under
     /// `Always`, readers see the batch only after this point.
     pub async fn wait_durable(&self, info: &AppendInfo) -> Result<(), LogError> {
-        if let Some(settled) = self.durability(info) {
-            return settled;
-        }
-        let _turn = self.sync_lock.lock().await;
-        // Whoever held the lock before may have covered this append already.
-        if let Some(settled) = self.durability(info) {
-            return settled;
-        }
-        let Some(point) = self.capture_sync() else {
-            // Pending, yet nothing is written past the durable mark: the
-            // append is not in this log.
-            return Err(LogError::NotDurable);
-        };
-        // The blocking job both fsyncs and accounts for the outcome, so that
-        // dropping this future (a client hanging up) cannot lose a failure.
-        let job = self.sync_job(Arc::clone(&point.file));
-        let core = Arc::clone(&self.core);
-        let path = point.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = job();
-            let mut guard = core.lock();
-            core.finish_sync(&mut guard, point, result)
-        })
-        .await
-        .map_err(|join| LogError::io(path, io::Error::other(join.to_string())))??;
-        self.durability(info).unwrap_or(Err(LogError::NotDurable))
+        self.group_commit(info, false).await
     }
 
     /// Resolves once an fsync covers the append, whatever the log's fsync
@@ -629,28 +621,53 @@ impl Log {
     /// only the appends that need it (persistent messages) durable before a
     /// publisher confirm, sharing one fsync among every waiter.
     pub async fn wait_synced(&self, info: &AppendInfo) -> Result<(), LogError> {
-        if let Some(settled) = self.durability_for(info, true) {
-            return settled;
+        self.group_commit(info, true).await
+    }
+
+    /// Group commit: one waiter at a time fsyncs whatever is written; the
+    /// others wait for that fsync to end (not in line for the lock one by
+    /// one), then look again: most find their append covered.
+    async fn group_commit(&self, info: &AppendInfo, strict: bool) -> Result<(), LogError> {
+        loop {
+            if let Some(settled) = self.durability_for(info, strict) {
+                return settled;
+            }
+            // Registered before the lock is tried, so an fsync ending in
+            // between still wakes us.
+            let ended = self.sync_ended.notified();
+            let Ok(guard) = self.sync_lock.try_lock() else {
+                ended.await;
+                continue;
+            };
+            let _turn = SyncTurn {
+                guard: Some(guard),
+                ended: &self.sync_ended,
+            };
+            // Whoever held the lock before may have covered this append already.
+            if let Some(settled) = self.durability_for(info, strict) {
+                return settled;
+            }
+            let Some(point) = self.capture_sync() else {
+                // Pending, yet nothing is written past the durable mark: the
+                // append is not in this log.
+                return Err(LogError::NotDurable);
+            };
+            // The blocking job both fsyncs and accounts for the outcome, so that
+            // dropping this future (a client hanging up) cannot lose a failure.
+            let job = self.sync_job(Arc::clone(&point.file));
+            let core = Arc::clone(&self.core);
+            let path = point.path.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = job();
+                let mut guard = core.lock();
+                core.finish_sync(&mut guard, point, result)
+            })
+            .await
+            .map_err(|join| LogError::io(path, io::Error::other(join.to_string())))??;
+            return self
+                .durability_for(info, strict)
+                .unwrap_or(Err(LogError::NotDurable));
         }
-        let _turn = self.sync_lock.lock().await;
-        if let Some(settled) = self.durability_for(info, true) {
-            return settled;
-        }
-        let Some(point) = self.capture_sync() else {
-            return Err(LogError::NotDurable);
-        };
-        let job = self.sync_job(Arc::clone(&point.file));
-        let core = Arc::clone(&self.core);
-        let path = point.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = job();
-            let mut guard = core.lock();
-            core.finish_sync(&mut guard, point, result)
-        })
-        .await
-        .map_err(|join| LogError::io(path, io::Error::other(join.to_string())))??;
-        self.durability_for(info, true)
-            .unwrap_or(Err(LogError::NotDurable))
     }
 
     /// Whether everything written has been fsynced.
@@ -1088,13 +1105,8 @@ impl Log {
     }
 
     /// `Some(result)` once an append's fate is settled, `None` while it waits
-    /// for an fsync.
-    fn durability(&self, info: &AppendInfo) -> Option<Result<(), LogError>> {
-        self.durability_for(info, false)
-    }
-
-    /// Like `durability`; with `strict`, only an fsync settles an append,
-    /// whatever the policy.
+    /// for an fsync. With `strict`, only an fsync settles an append, whatever
+    /// the policy; otherwise policies other than `Always` settle it at once.
     fn durability_for(&self, info: &AppendInfo, strict: bool) -> Option<Result<(), LogError>> {
         let inner = self.lock();
         if info.generation == inner.generation {
@@ -1355,27 +1367,98 @@ fn replay_producer_batches(
     Ok(replayed)
 }
 
+/// Bytes read past what a read asks for when a segment is first read: the
+/// walk from the index entry before the wanted offset to that offset (the
+/// index is sparse) is then within the same read.
+const READ_WINDOW_SLACK_BYTES: u64 = 16 * 1024;
+
+/// Bytes of a segment read at once ahead of the batch walk, so that stepping
+/// over many small batches (a queue stores one message per batch) costs one
+/// read, not one per batch header.
+struct ReadWindow {
+    start: u64,
+    bytes: Bytes,
+}
+
+impl ReadWindow {
+    fn covers(&self, pos: u64, len: u64) -> bool {
+        pos >= self.start && pos + len <= self.start + self.bytes.len() as u64
+    }
+
+    fn slice(&self, pos: u64, len: u64) -> Bytes {
+        let at = (pos - self.start) as usize;
+        self.bytes.slice(at..at + len as usize)
+    }
+}
+
+/// The header of the batch at `pos` of `range`, from `window` when it holds
+/// it, else from a new window of `want` bytes (or to the range's end) read
+/// at `pos`.
+fn walk_header(
+    range: &ReadRange,
+    window: &mut Option<ReadWindow>,
+    pos: u64,
+    want: u64,
+) -> Result<segment::WalkHeader, LogError> {
+    let head = segment::WALK_HEADER_BYTES as u64;
+    if !window.as_ref().is_some_and(|w| w.covers(pos, head)) {
+        if range.end - pos < head {
+            // Too short for a batch: let the parser say so.
+            return segment::peek_batch(&range.file, &range.path, pos, range.end);
+        }
+        let len = want.max(head).min(range.end - pos) as usize;
+        let mut buf = vec![0u8; len];
+        range
+            .file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| LogError::io(&range.path, e))?;
+        *window = Some(ReadWindow {
+            start: pos,
+            bytes: Bytes::from(buf),
+        });
+    }
+    let w = window.as_ref().expect("the window was just filled");
+    let at = (pos - w.start) as usize;
+    segment::parse_walk_header(
+        &w.bytes[at..at + head as usize],
+        &range.path,
+        pos,
+        range.end,
+    )
+}
+
 /// Copies whole batches from the planned ranges, without the log's lock:
 /// skips the batches before `offset`, then takes batches while they fit in
-/// `max_bytes` (the first one regardless if `min_one_batch`).
+/// `max_bytes` (the first one regardless if `min_one_batch`). Each range is
+/// read in windows (`ReadWindow`) that serve both the walk over batch
+/// headers and the copy.
 fn copy_batches(
     plan: &ReadPlan,
     offset: i64,
     max_bytes: u64,
     min_one_batch: bool,
 ) -> Result<Bytes, LogError> {
-    // (range, start position, length) of each run of bytes to copy.
+    // (range, start position, length) of each run of bytes to copy, and the
+    // last window read from each range.
     let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+    let mut windows: Vec<Option<ReadWindow>> = Vec::with_capacity(plan.ranges.len());
     let mut total = 0u64;
     let mut found = false;
     'ranges: for (i, range) in plan.ranges.iter().enumerate() {
+        windows.push(None);
+        let window = &mut windows[i];
         let mut pos = range.from;
         if !found {
             loop {
                 if pos >= range.end {
                     continue 'ranges;
                 }
-                let batch = segment::peek_batch(&range.file, &range.path, pos, range.end)?;
+                let batch = walk_header(
+                    range,
+                    window,
+                    pos,
+                    max_bytes.saturating_add(READ_WINDOW_SLACK_BYTES),
+                )?;
                 if batch.last_offset >= offset {
                     break;
                 }
@@ -1386,7 +1469,7 @@ fn copy_batches(
         let start = pos;
         let mut full = false;
         while pos < range.end {
-            let batch = segment::peek_batch(&range.file, &range.path, pos, range.end)?;
+            let batch = walk_header(range, window, pos, max_bytes.saturating_sub(total))?;
             let fits = total + batch.len <= max_bytes || (total == 0 && min_one_batch);
             if !fits {
                 full = true;
@@ -1402,17 +1485,26 @@ fn copy_batches(
             break;
         }
     }
+    // One run inside a window (the usual case): no copy at all.
+    if let [(i, start, len)] = pieces[..]
+        && let Some(w) = windows[i].as_ref().filter(|w| w.covers(start, len))
+    {
+        return Ok(w.slice(start, len));
+    }
     // `total` is at most `max_bytes` (a usize) or one stored batch.
     let mut buf = vec![0u8; total as usize];
     let mut at = 0usize;
     for (i, start, len) in pieces {
         let range = &plan.ranges[i];
-        let len = len as usize;
-        range
-            .file
-            .read_exact_at(&mut buf[at..at + len], start)
-            .map_err(|e| LogError::io(&range.path, e))?;
-        at += len;
+        let n = len as usize;
+        match windows[i].as_ref().filter(|w| w.covers(start, len)) {
+            Some(w) => buf[at..at + n].copy_from_slice(&w.slice(start, len)),
+            None => range
+                .file
+                .read_exact_at(&mut buf[at..at + n], start)
+                .map_err(|e| LogError::io(&range.path, e))?,
+        }
+        at += n;
     }
     Ok(Bytes::from(buf))
 }

@@ -882,6 +882,28 @@ pub(crate) fn peek_batch(
     let mut head = [0u8; WALK_HEADER_BYTES];
     file.read_exact_at(&mut head, pos)
         .map_err(|e| LogError::io(path, e))?;
+    parse_walk_header(&head, path, pos, end)
+}
+
+/// Parses the start of a batch (`head`: its first `WALK_HEADER_BYTES`
+/// bytes, read from `pos` of a segment whose readable end is `end`).
+pub(crate) fn parse_walk_header(
+    head: &[u8],
+    path: &Path,
+    pos: u64,
+    end: u64,
+) -> Result<WalkHeader, LogError> {
+    let corrupt = |reason: String| LogError::CorruptSegment {
+        path: path.to_path_buf(),
+        position: pos,
+        reason,
+    };
+    if end - pos < HEADER_BYTES as u64 || head.len() < WALK_HEADER_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes before the readable end are too few for a batch",
+            end - pos
+        )));
+    }
     let base_offset = be_i64(&head[0..8]);
     let batch_length = be_i32(&head[8..12]);
     let last_offset_delta = be_i32(&head[23..27]);
