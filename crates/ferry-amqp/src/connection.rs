@@ -10,7 +10,7 @@
 //! timer and the resource alarm. Everything the client sees is written from
 //! here, so delivery tags and confirms go out in order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
     MessagingError, Queue, QueueSpec, StreamOffset,
 };
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -43,12 +43,28 @@ use crate::props::{self, Props};
 use crate::table;
 use crate::{DirectReply, ReplyTarget, Shared};
 
-/// Frames read ahead of the connection task (each at most frame_max).
-const READ_AHEAD_FRAMES: usize = 16;
+/// Batches of frames read ahead of the connection task (a batch is one frame
+/// of at most frame_max plus what the 64 KiB read buffer held whole).
+const READ_AHEAD_BATCHES: usize = 8;
+/// Frames the reader hands over at once.
+const READ_BATCH_FRAMES_MAX: usize = 64;
 /// Encoded chunks queued for the socket before the connection task waits.
 const WRITE_QUEUE_CHUNKS: usize = 64;
-/// Deliveries consumer tasks may queue for the connection task.
+/// The writer joins queued chunks into one write up to about this size.
+const WRITE_JOIN_BYTES_MAX: usize = 256 * 1024;
+/// Delivery batches consumer tasks may queue for the connection task.
 const DELIVERY_QUEUE_MAX: usize = 256;
+/// Deliveries a consumer task takes from its queue at once (when that many
+/// are ready and its prefetch allows).
+const DELIVERY_BATCH_MAX: usize = 64;
+/// The same without a prefetch limit (no-ack, or prefetch 0): nothing but
+/// the delivery queue holds those back, so batches stay small.
+const DELIVERY_BATCH_UNLIMITED_MAX: usize = 8;
+/// Events the connection task handles between two writes to the socket
+/// (when that many are ready at once).
+const EVENTS_PER_FLUSH_MAX: usize = 256;
+/// Output that is written without waiting for more ready events.
+const FLUSH_BYTES_MIN: usize = 128 * 1024;
 /// Direct replies queued for one connection; more are dropped, as RabbitMQ
 /// drops replies whose requester cannot take them.
 const DIRECT_REPLY_QUEUE_MAX: usize = 4096;
@@ -63,7 +79,9 @@ const DIRECT_REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
 const WRITE_PERMISSION_CACHE_MAX: usize = 64;
 
 enum ReadEvent {
-    Frame(RawFrame),
+    /// One frame, and those that followed it already whole in the read
+    /// buffer (at most `READ_BATCH_FRAMES_MAX`).
+    Frames(Vec<RawFrame>),
     Error(AmqpError),
     Closed,
 }
@@ -71,11 +89,12 @@ enum ReadEvent {
 // Deliveries are the common case; boxing them would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum ConsumerEvent {
-    /// `channel_credit` is Some when the delivery took prefetch credit.
-    Delivery {
+    /// `channel_credit` is Some when the deliveries took prefetch credit
+    /// (one unit each).
+    Deliveries {
         consumer: u64,
         queue: Arc<Queue>,
-        delivery: Delivery,
+        deliveries: Vec<Delivery>,
         channel_credit: Option<Arc<Credit>>,
     },
     /// The engine ended the consumer; credit taken for nothing is returned.
@@ -206,6 +225,8 @@ struct Conn {
     wrote_since_tick: bool,
     writer: mpsc::Sender<Bytes>,
     frames: mpsc::Receiver<ReadEvent>,
+    /// Frames received from the reader and not handled yet.
+    read_ahead: VecDeque<RawFrame>,
     frame_limit: Arc<AtomicU32>,
     last_read_ms: Arc<AtomicU64>,
     deliveries_tx: mpsc::Sender<ConsumerEvent>,
@@ -230,6 +251,9 @@ struct Conn {
     blocked_sent: bool,
     /// Exchanges this connection's user may write to, already checked.
     write_permitted: HashSet<String>,
+    /// Queues with acks whose journal records are not written yet (written
+    /// by `flush`).
+    journal_owed: Vec<Arc<Queue>>,
 }
 
 fn now_ms() -> i64 {
@@ -284,7 +308,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let epoch = Instant::now();
     let frame_limit = Arc::new(AtomicU32::new(shared.config.frame_max));
     let last_read_ms = Arc::new(AtomicU64::new(0));
-    let (frames_tx, frames) = mpsc::channel(READ_AHEAD_FRAMES);
+    let (frames_tx, frames) = mpsc::channel(READ_AHEAD_BATCHES);
     let reader = tokio::spawn(read_loop(
         rd,
         frames_tx,
@@ -313,6 +337,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         wrote_since_tick: false,
         writer,
         frames,
+        read_ahead: VecDeque::new(),
         frame_limit,
         last_read_ms,
         deliveries_tx,
@@ -329,6 +354,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         should_block: false,
         blocked_sent: false,
         write_permitted: HashSet::new(),
+        journal_owed: Vec::new(),
     };
     let opened = conn.handshake().await;
     if opened {
@@ -353,18 +379,36 @@ async fn read_loop(
     epoch: Instant,
 ) {
     loop {
+        let mut batch = Vec::new();
+        let mut failed = None;
         match frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed)).await {
-            Ok(f) => {
-                last_read_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if tx.send(ReadEvent::Frame(f)).await.is_err() {
-                    return;
-                }
+            Ok(f) => batch.push(f),
+            Err(e) => failed = Some(e),
+        }
+        // Frames already whole in the buffer go with it: reading them needs
+        // no wait, and one hand-over instead of one each.
+        while failed.is_none()
+            && batch.len() < READ_BATCH_FRAMES_MAX
+            && frame::whole_frame_buffered(rd.buffer())
+        {
+            match frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed)).await {
+                Ok(f) => batch.push(f),
+                Err(e) => failed = Some(e),
             }
-            Err(ReadError::Frame(e)) => {
+        }
+        if !batch.is_empty() {
+            last_read_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if tx.send(ReadEvent::Frames(batch)).await.is_err() {
+                return;
+            }
+        }
+        match failed {
+            None => {}
+            Some(ReadError::Frame(e)) => {
                 let _ = tx.send(ReadEvent::Error(e)).await;
                 return;
             }
-            Err(ReadError::Closed(e)) => {
+            Some(ReadError::Closed(e)) => {
                 tracing::trace!(error = %e, "amqp socket closed");
                 let _ = tx.send(ReadEvent::Closed).await;
                 return;
@@ -374,8 +418,25 @@ async fn read_loop(
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    let mut joined = BytesMut::new();
     while let Some(chunk) = rx.recv().await {
-        if wr.write_all(&chunk).await.is_err() {
+        // Chunks that queued up while the last write was in progress go out
+        // together, in one write.
+        let chunk = match rx.try_recv() {
+            Ok(next) => {
+                joined.clear();
+                joined.extend_from_slice(&chunk);
+                joined.extend_from_slice(&next);
+                while joined.len() < WRITE_JOIN_BYTES_MAX
+                    && let Ok(more) = rx.try_recv()
+                {
+                    joined.extend_from_slice(&more);
+                }
+                &joined[..]
+            }
+            Err(_) => &chunk[..],
+        };
+        if wr.write_all(chunk).await.is_err() {
             return;
         }
     }
@@ -422,6 +483,11 @@ impl Conn {
     }
 
     async fn flush(&mut self) {
+        // The journal first: acks handled so far are recorded before the
+        // client hears anything more from us or we read more from it.
+        for q in self.journal_owed.drain(..) {
+            q.write_journal();
+        }
         if self.out.is_empty() {
             return;
         }
@@ -453,26 +519,30 @@ impl Conn {
     /// Waits for the next method on channel 0 during the handshake.
     async fn handshake_method(&mut self, deadline: Instant) -> Option<Result<Method, AmqpError>> {
         loop {
-            let ev = tokio::time::timeout_at(deadline.into(), self.frames.recv())
-                .await
-                .ok()??;
-            match ev {
-                ReadEvent::Frame(f) if f.kind == FRAME_HEARTBEAT => continue,
-                ReadEvent::Frame(f) if f.kind == FRAME_METHOD && f.channel == 0 => {
-                    return Some(frame::parse_method(&f.payload));
+            let Some(f) = self.read_ahead.pop_front() else {
+                let ev = tokio::time::timeout_at(deadline.into(), self.frames.recv())
+                    .await
+                    .ok()??;
+                match ev {
+                    ReadEvent::Frames(fs) => self.read_ahead.extend(fs),
+                    ReadEvent::Error(e) => return Some(Err(e)),
+                    ReadEvent::Closed => return None,
                 }
-                ReadEvent::Frame(f) => {
-                    return Some(Err(AmqpError::connection(
-                        COMMAND_INVALID,
-                        format!(
-                            "frame type {} on channel {} before the connection is open",
-                            f.kind, f.channel
-                        ),
-                    )));
-                }
-                ReadEvent::Error(e) => return Some(Err(e)),
-                ReadEvent::Closed => return None,
+                continue;
+            };
+            if f.kind == FRAME_HEARTBEAT {
+                continue;
             }
+            if f.kind == FRAME_METHOD && f.channel == 0 {
+                return Some(frame::parse_method(&f.payload));
+            }
+            return Some(Err(AmqpError::connection(
+                COMMAND_INVALID,
+                format!(
+                    "frame type {} on channel {} before the connection is open",
+                    f.kind, f.channel
+                ),
+            )));
         }
     }
 
@@ -716,21 +786,14 @@ impl Conn {
             }
             let close_deadline = self.closing;
             let reading = !self.is_blocked();
+            if reading && !self.read_ahead.is_empty() {
+                // Frames read before a block (alarm) come first once it lifts.
+                self.on_read_ahead().await;
+                self.handle_ready_events().await;
+                continue;
+            }
             tokio::select! {
-                ev = self.frames.recv(), if reading => match ev {
-                    Some(ReadEvent::Frame(f)) => {
-                        if let Err(e) = self.on_frame(f).await {
-                            self.on_error(e).await;
-                        }
-                    }
-                    Some(ReadEvent::Error(e)) => {
-                        // The stream is out of step: close and stop reading.
-                        self.close_connection(&e).await;
-                        self.flush().await;
-                        self.done = true;
-                    }
-                    Some(ReadEvent::Closed) | None => self.done = true,
-                },
+                ev = self.frames.recv(), if reading => self.on_read_event(ev).await,
                 Some(ev) = self.deliveries.recv() => self.on_consumer_event(ev),
                 Some(r) = self.replies.recv() => self.on_direct_reply(r),
                 Some(c) = self.confirms.next(), if !self.confirms.is_empty() => self.on_confirm(c),
@@ -751,8 +814,77 @@ impl Conn {
                 }
                 _ = sleep_until_opt(close_deadline) => self.done = true,
             }
+            self.handle_ready_events().await;
         }
         self.flush().await;
+    }
+
+    async fn on_read_event(&mut self, ev: Option<ReadEvent>) {
+        match ev {
+            Some(ReadEvent::Frames(fs)) => {
+                self.read_ahead.extend(fs);
+                self.on_read_ahead().await;
+            }
+            Some(ReadEvent::Error(e)) => {
+                // The stream is out of step: close and stop reading.
+                self.close_connection(&e).await;
+                self.flush().await;
+                self.done = true;
+            }
+            Some(ReadEvent::Closed) | None => self.done = true,
+        }
+    }
+
+    /// Handles the frames read so far, in order, until a publish blocks the
+    /// connection (resource alarm): the rest wait until it is unblocked.
+    async fn on_read_ahead(&mut self) {
+        while !self.done && !self.is_blocked() {
+            let Some(f) = self.read_ahead.pop_front() else {
+                return;
+            };
+            if let Err(e) = self.on_frame(f).await {
+                self.on_error(e).await;
+            }
+        }
+    }
+
+    /// Handles whatever else is ready at once (frames already read, confirms
+    /// whose fsync completed, deliveries, direct replies) before the output
+    /// is flushed, so that one write to the socket carries many confirms or
+    /// deliveries, and one journal write many acks, instead of one each.
+    /// Bounded, so the client hears from us at least every
+    /// `EVENTS_PER_FLUSH_MAX` events.
+    async fn handle_ready_events(&mut self) {
+        for _ in 1..EVENTS_PER_FLUSH_MAX {
+            if self.done || self.out.len() >= FLUSH_BYTES_MIN {
+                return;
+            }
+            let mut handled = false;
+            if !self.is_blocked()
+                && self.read_ahead.is_empty()
+                && let Ok(ev) = self.frames.try_recv()
+            {
+                self.on_read_event(Some(ev)).await;
+                handled = true;
+            }
+            if !self.confirms.is_empty()
+                && let Some(Some(c)) = self.confirms.next().now_or_never()
+            {
+                self.on_confirm(c);
+                handled = true;
+            }
+            if let Ok(ev) = self.deliveries.try_recv() {
+                self.on_consumer_event(ev);
+                handled = true;
+            }
+            if let Ok(r) = self.replies.try_recv() {
+                self.on_direct_reply(r);
+                handled = true;
+            }
+            if !handled {
+                return;
+            }
+        }
     }
 
     /// Blocked: a publish arrived during an alarm that is still on. Nothing
@@ -1907,14 +2039,16 @@ impl Conn {
     fn drain_deliveries(&mut self) {
         self.deliveries.close();
         while let Ok(ev) = self.deliveries.try_recv() {
-            if let ConsumerEvent::Delivery {
+            if let ConsumerEvent::Deliveries {
                 queue,
-                delivery,
+                deliveries,
                 channel_credit: Some(_),
                 ..
             } = ev
             {
-                let _ = queue.reject(delivery.id, true);
+                for d in deliveries {
+                    let _ = queue.reject(d.id, true);
+                }
             }
         }
     }
@@ -1956,7 +2090,14 @@ impl Conn {
     fn apply_settle(&mut self, ch: &mut Channel, u: Unacked, how: Settle) -> Result<(), AmqpError> {
         self.release_credit(ch, &u);
         let r = match how {
-            Settle::Ack => u.queue.ack(u.id),
+            Settle::Ack => {
+                // Written by the next flush, once for all the acks handled
+                // before it.
+                if !self.journal_owed.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
+                    self.journal_owed.push(u.queue.clone());
+                }
+                u.queue.ack_journal_later(u.id)
+            }
             Settle::Reject { requeue } => u.queue.reject(u.id, requeue),
         };
         match r {
@@ -2199,10 +2340,10 @@ impl Conn {
 
     fn on_consumer_event(&mut self, ev: ConsumerEvent) {
         match ev {
-            ConsumerEvent::Delivery {
+            ConsumerEvent::Deliveries {
                 consumer,
                 queue,
-                delivery,
+                deliveries,
                 channel_credit,
             } => {
                 let credited = channel_credit.is_some();
@@ -2212,11 +2353,13 @@ impl Conn {
                     .cloned()
                     .filter(|(channel, _)| self.channels.contains_key(channel));
                 let Some((channel, tag)) = target else {
-                    // The consumer went away while this was on its way:
+                    // The consumer went away while these were on their way:
                     // back to the queue (no-ack deliveries are settled).
                     if let Some(c) = channel_credit {
-                        c.release(1);
-                        let _ = queue.reject(delivery.id, true);
+                        c.release(deliveries.len() as u32);
+                        for d in &deliveries {
+                            let _ = queue.reject(d.id, true);
+                        }
                     }
                     return;
                 };
@@ -2227,44 +2370,46 @@ impl Conn {
                     Some(c) => (c.no_ack, c.stream),
                     None => (!credited, false),
                 };
-                let dtag = ch.next_tag;
-                ch.next_tag += 1;
-                frame::put_deliver(
-                    &mut self.out,
-                    channel,
-                    &tag,
-                    dtag,
-                    delivery.redelivered,
-                    &delivery.message.exchange,
-                    &delivery.message.routing_key,
-                );
-                // Stream queues add x-stream-offset as the last header; the
-                // properties get it too (as RabbitMQ's stream deliveries do).
-                let engine_offset = match delivery.message.headers.last() {
-                    Some((k, FieldValue::Int(n))) if k == "x-stream-offset" && *n >= 0 => {
-                        Some(*n as u64)
-                    }
-                    _ => None,
-                };
-                let offset = engine_offset.or(stream.then_some(delivery.id));
-                let props = delivery_properties(&delivery, offset);
-                frame::put_content(
-                    &mut self.out,
-                    channel,
-                    &props,
-                    &delivery.message.body,
-                    self.frame_max,
-                );
-                if !no_ack {
-                    ch.unacked.insert(
+                for delivery in deliveries {
+                    let dtag = ch.next_tag;
+                    ch.next_tag += 1;
+                    frame::put_deliver(
+                        &mut self.out,
+                        channel,
+                        &tag,
                         dtag,
-                        Unacked {
-                            queue,
-                            id: delivery.id,
-                            consumer: Some(consumer),
-                            credited,
-                        },
+                        delivery.redelivered,
+                        &delivery.message.exchange,
+                        &delivery.message.routing_key,
                     );
+                    // Stream queues add x-stream-offset as the last header; the
+                    // properties get it too (as RabbitMQ's stream deliveries do).
+                    let engine_offset = match delivery.message.headers.last() {
+                        Some((k, FieldValue::Int(n))) if k == "x-stream-offset" && *n >= 0 => {
+                            Some(*n as u64)
+                        }
+                        _ => None,
+                    };
+                    let offset = engine_offset.or(stream.then_some(delivery.id));
+                    let props = delivery_properties(&delivery, offset);
+                    frame::put_content(
+                        &mut self.out,
+                        channel,
+                        &props,
+                        &delivery.message.body,
+                        self.frame_max,
+                    );
+                    if !no_ack {
+                        ch.unacked.insert(
+                            dtag,
+                            Unacked {
+                                queue: queue.clone(),
+                                id: delivery.id,
+                                consumer: Some(consumer),
+                                credited,
+                            },
+                        );
+                    }
                 }
                 self.channels.insert(channel, ch);
             }
@@ -2435,8 +2580,10 @@ fn delivery_properties(d: &Delivery, stream_offset: Option<u64>) -> Bytes {
 }
 
 /// One consumer: takes prefetch credit, waits for the queue's next
-/// delivery, hands it to the connection task. Ends when the engine ends the
-/// consumer (cancel, queue deleted) or the connection goes away.
+/// deliveries (as many at once as are ready and the credit allows, up to
+/// `DELIVERY_BATCH_MAX`), hands them to the connection task. Ends when the
+/// engine ends the consumer (cancel, queue deleted) or the connection goes
+/// away.
 async fn consumer_loop(
     mut consumer: ferry_core::messaging::Consumer,
     id: u64,
@@ -2448,6 +2595,7 @@ async fn consumer_loop(
 ) {
     loop {
         let mut channel_credit = None;
+        let mut max = DELIVERY_BATCH_UNLIMITED_MAX;
         if let Some((own, channel)) = &limits {
             tokio::select! {
                 biased;
@@ -2459,35 +2607,54 @@ async fn consumer_loop(
                 _ = stop.wait_for(|s| *s) => break,
                 _ = channel.acquire() => {}
             }
+            // More room, if there is some now. Not from a channel-wide
+            // (global) prefetch: credit held while waiting for messages
+            // would keep the channel's other consumers from theirs.
+            let extra = if channel.is_unlimited() {
+                let most = if own.is_unlimited() {
+                    DELIVERY_BATCH_UNLIMITED_MAX
+                } else {
+                    DELIVERY_BATCH_MAX
+                };
+                own.try_acquire_up_to(most as u32 - 1)
+            } else {
+                0
+            };
+            channel.try_acquire_up_to(extra);
+            max = 1 + extra as usize;
             channel_credit = Some(channel.clone());
         }
-        match consumer.next().await {
-            Some(delivery) => {
-                let ev = ConsumerEvent::Delivery {
+        let deliveries = consumer.next_batch(max).await;
+        if let Some((own, channel)) = &limits {
+            let unused = max.saturating_sub(deliveries.len().max(1)) as u32;
+            own.release(unused);
+            channel.release(unused);
+        }
+        if deliveries.is_empty() {
+            let _ = tx
+                .send(ConsumerEvent::Ended {
                     consumer: id,
-                    queue: queue.clone(),
-                    delivery,
                     channel_credit,
-                };
-                if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
-                    // The connection is gone: put it back.
-                    if let ConsumerEvent::Delivery { delivery, .. } = ev
-                        && !no_ack
-                    {
-                        let _ = queue.reject(delivery.id, true);
-                    }
-                    break;
+                })
+                .await;
+            break;
+        }
+        let ev = ConsumerEvent::Deliveries {
+            consumer: id,
+            queue: queue.clone(),
+            deliveries,
+            channel_credit,
+        };
+        if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
+            // The connection is gone: put them back.
+            if let ConsumerEvent::Deliveries { deliveries, .. } = ev
+                && !no_ack
+            {
+                for d in deliveries {
+                    let _ = queue.reject(d.id, true);
                 }
             }
-            None => {
-                let _ = tx
-                    .send(ConsumerEvent::Ended {
-                        consumer: id,
-                        channel_credit,
-                    })
-                    .await;
-                break;
-            }
+            break;
         }
     }
 }

@@ -51,7 +51,27 @@ impl Credit {
         }
     }
 
+    /// Takes up to `n` more units without waiting; returns how many.
+    pub fn try_acquire_up_to(&self, n: u32) -> u32 {
+        let mut s = self.lock();
+        let took = if s.limit == 0 {
+            n
+        } else {
+            n.min(s.limit.saturating_sub(s.used))
+        };
+        s.used += took;
+        took
+    }
+
+    /// No limit (prefetch 0).
+    pub fn is_unlimited(&self) -> bool {
+        self.lock().limit == 0
+    }
+
     pub fn release(&self, n: u32) {
+        if n == 0 {
+            return;
+        }
         {
             let mut s = self.lock();
             s.used = s.used.saturating_sub(n);

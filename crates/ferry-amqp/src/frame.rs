@@ -47,6 +47,16 @@ pub enum ReadError {
     Frame(AmqpError),
 }
 
+/// Whether `buf` starts with a whole frame (header, payload, end octet), so
+/// that `read_frame` on a reader holding `buf` returns without waiting.
+pub fn whole_frame_buffered(buf: &[u8]) -> bool {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return false;
+    }
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    buf.len() > FRAME_HEADER_BYTES + size
+}
+
 /// Reads one frame, refusing (before allocating) a payload above `frame_max`.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,

@@ -432,16 +432,24 @@ impl Consumer {
     /// Cancel-safe: dropping the future loses no message (a delivery is
     /// handed over in the same synchronous step that takes it).
     pub async fn next(&mut self) -> Option<Delivery> {
+        self.next_batch(1).await.into_iter().next()
+    }
+
+    /// Like `next`, but takes up to `max` deliveries at once when they are
+    /// ready and no other consumer of the queue is waiting for its turn
+    /// (the front end passes the prefetch room it has). Empty once the
+    /// consumer is cancelled or the queue is deleted.
+    pub async fn next_batch(&mut self, max: usize) -> Vec<Delivery> {
         if self.stream.is_some() {
-            return self.next_in_stream().await;
+            return self.next_in_stream().await.into_iter().collect();
         }
         loop {
             let mut outbox = Vec::new();
-            let step = self.queue.try_next(self.key, &mut outbox);
+            let step = self.queue.try_next(self.key, max.max(1), &mut outbox);
             self.queue.finish(outbox);
             let deadline = match step {
-                NextStep::Delivered(d) => return Some(d),
-                NextStep::Closed => return None,
+                NextStep::Delivered(ds) => return ds,
+                NextStep::Closed => return Vec::new(),
                 NextStep::Wait(deadline) => deadline,
             };
             let mut guard = WaitGuard {
@@ -543,6 +551,20 @@ impl Queue {
     /// Settles a delivery for good.
     pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
         self.inner.ack(id)
+    }
+
+    /// `ack`, with the journal write left for `write_journal` (or the next
+    /// operation on the queue that journals anything): a front end settles
+    /// a burst of acks and writes the queue's journal once, before it next
+    /// reads from or writes to its client. Until then a crash of the
+    /// process may bring the message back (flagged redelivered).
+    pub fn ack_journal_later(&self, id: u64) -> Result<(), MessagingError> {
+        self.inner.ack_journal_later(id)
+    }
+
+    /// Writes what `ack_journal_later` left buffered.
+    pub fn write_journal(&self) {
+        self.inner.write_journal();
     }
 
     /// Returns a delivery to the queue (`requeue`), or drops it —

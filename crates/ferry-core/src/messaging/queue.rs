@@ -1078,6 +1078,25 @@ impl QueueInner {
     }
 
     pub fn ack(&self, id: u64) -> Result<(), MessagingError> {
+        self.ack_then(id, true)
+    }
+
+    /// Settles like `ack`, but leaves the journal record in the journal's
+    /// buffer: `write_journal` (or any later operation on the queue that
+    /// journals something) writes it. A front end acks a burst of
+    /// deliveries this way and writes once, before it reads or writes the
+    /// socket again.
+    pub fn ack_journal_later(&self, id: u64) -> Result<(), MessagingError> {
+        self.ack_then(id, false)
+    }
+
+    /// Writes journal records left buffered (to the page cache).
+    pub fn write_journal(&self) {
+        let mut st = lock(&self.state);
+        self.commit(&mut st);
+    }
+
+    fn ack_then(&self, id: u64, write: bool) -> Result<(), MessagingError> {
         if self.is_stream() {
             // Stream consumers ack for flow control only; nothing is removed.
             return Ok(());
@@ -1091,7 +1110,9 @@ impl QueueInner {
             st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
             self.settle(&mut st, id, f.bytes);
         }
-        self.commit(&mut st);
+        if write {
+            self.commit(&mut st);
+        }
         Ok(())
     }
 
@@ -1745,8 +1766,11 @@ impl QueueInner {
             .map(|c| c.key)
     }
 
-    /// One attempt of `Consumer::next`.
-    pub fn try_next(&self, key: u64, outbox: &mut Vec<DeadLetter>) -> NextStep {
+    /// One attempt of `Consumer::next_batch`: up to `max` deliveries (at
+    /// least one) while this consumer stays the one whose turn it is, so
+    /// competing consumers still take turns message by message; one lock
+    /// and one journal write for all of them.
+    pub fn try_next(&self, key: u64, max: usize, outbox: &mut Vec<DeadLetter>) -> NextStep {
         let mut st = lock(&self.state);
         if st.closed {
             return NextStep::Closed;
@@ -1759,22 +1783,32 @@ impl QueueInner {
         let now = Instant::now();
         match self.pick(&st, now) {
             Pick::Consumer(k) if k == key => {
-                let d = self.take(&mut st, no_ack, None, outbox);
-                self.commit(&mut st);
-                match d {
-                    Some(d) => {
-                        st.serve_seq += 1;
-                        let seq = st.serve_seq;
-                        if let Some(e) = st.consumer_mut(key) {
-                            e.waiting = false;
-                            e.last_served = seq;
-                            e.transit_until = Some(now + CONSUMER_PRIORITY_GRACE);
-                        }
-                        self.notify_next(&st);
-                        NextStep::Delivered(d)
+                let mut ds = Vec::new();
+                while let Some(d) = self.take(&mut st, no_ack, None, outbox) {
+                    ds.push(d);
+                    st.serve_seq += 1;
+                    let seq = st.serve_seq;
+                    if let Some(e) = st.consumer_mut(key) {
+                        e.last_served = seq;
                     }
-                    None => NextStep::Wait(None),
+                    // Still waiting, served last: picked again only if no
+                    // other consumer of its priority is waiting.
+                    if ds.len() >= max
+                        || !matches!(self.pick(&st, now), Pick::Consumer(k) if k == key)
+                    {
+                        break;
+                    }
                 }
+                self.commit(&mut st);
+                if ds.is_empty() {
+                    return NextStep::Wait(None);
+                }
+                if let Some(e) = st.consumer_mut(key) {
+                    e.waiting = false;
+                    e.transit_until = Some(now + CONSUMER_PRIORITY_GRACE);
+                }
+                self.notify_next(&st);
+                NextStep::Delivered(ds)
             }
             Pick::Consumer(other) => {
                 if st.ready() > 0
@@ -1804,7 +1838,8 @@ impl QueueInner {
 
 /// What one attempt of `Consumer::next` found.
 pub(crate) enum NextStep {
-    Delivered(Delivery),
+    /// At least one.
+    Delivered(Vec<Delivery>),
     Closed,
     /// Wait to be notified, or until the instant if given.
     Wait(Option<Instant>),

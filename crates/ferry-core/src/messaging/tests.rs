@@ -636,6 +636,68 @@ async fn consumers_share_messages_round_robin() {
     assert_eq!(all, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn a_batch_takes_what_is_ready_unless_another_consumer_waits() {
+    let env = Env::new();
+    env.declare("q", false, vec![]);
+    let q = env.queue("q");
+    let mut a = q.consume(consumer_spec("a")).unwrap();
+    for i in 0..10 {
+        env.publish("", "q", &i.to_string());
+    }
+    // Alone: up to the limit asked for, in order.
+    let first = a.next_batch(4).await;
+    assert_eq!(
+        first.iter().map(body).collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+    let rest = a.next_batch(100).await;
+    assert_eq!(rest.len(), 6);
+    // With another consumer waiting for its turn too, the first served
+    // stops after one message, so both get some (the second, alone once the
+    // first has returned, takes the rest).
+    let b = q.consume(consumer_spec("b")).unwrap();
+    let mut waiting = Vec::new();
+    for mut c in [a, b] {
+        waiting.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(5), c.next_batch(100))
+                .await
+                .expect("a delivery within 5 s")
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 10..14 {
+        env.publish("", "q", &i.to_string());
+    }
+    let mut got = Vec::new();
+    for w in waiting {
+        got.push(w.await.unwrap().len());
+    }
+    got.sort();
+    assert_eq!(got, [1, 3]);
+}
+
+#[test]
+fn acks_written_later_are_kept_once_written() {
+    let mut env = Env::new();
+    env.declare("q", true, vec![]);
+    for i in 0..6 {
+        env.publish("", "q", &i.to_string());
+    }
+    let q = env.queue("q");
+    let mut ds = Vec::new();
+    while let Some(d) = q.get(false).unwrap() {
+        ds.push(d);
+    }
+    for d in &ds[..4] {
+        q.ack_journal_later(d.id).unwrap();
+    }
+    q.write_journal();
+    drop(q);
+    env.crash();
+    assert_eq!(env.bodies("q"), ["4", "5"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_consumers_alternate() {
     let env = Env::new();
