@@ -163,6 +163,11 @@ def wait_port(port: int, timeout: float) -> bool:
     return False
 
 
+def load1() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -340,6 +345,7 @@ def bench(ferry: Path, broker, args: list[str], logpath: Path, timeout: float) -
     cmd = [str(ferry), "bench", "amqp", "--url", broker.url, "--json",
            "--broker-pid", str(broker.pid)] + args
     busy0, steal0 = system_cpu()
+    load0 = load1()
     t0 = time.monotonic()
     with open(logpath, "w") as err, open(logpath.with_suffix(".json"), "w") as out:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -362,6 +368,8 @@ def bench(ferry: Path, broker, args: list[str], logpath: Path, timeout: float) -
     summary["wall_s"] = wall
     summary["machine_busy_s"] = busy1 - busy0
     summary["steal_s"] = steal1 - steal0
+    summary["load1_start"] = load0
+    summary["load1_end"] = load1()
     return summary
 
 
@@ -394,6 +402,13 @@ def extract(sc: dict, s: dict) -> dict:
         "broker_busy_pct": 100 * br["cpu_s"] / secs,
         "client_busy_pct": 100 * s["client_cpu_s"] / s["wall_s"],
         "steal_s": s["steal_s"],
+        # CPU time of everything else on the machine over the run (the
+        # machine is shared: other people's builds and tests count here).
+        "other_cpu_s": max(0.0, s["machine_busy_s"] - s["client_cpu_s"] - br["cpu_s"]),
+        "other_busy_pct": 100 * max(0.0, s["machine_busy_s"] - s["client_cpu_s"] - br["cpu_s"])
+        / (os.cpu_count() * s["wall_s"]),
+        "load1_start": s["load1_start"],
+        "load1_end": s["load1_end"],
     }
 
 
@@ -522,6 +537,8 @@ def sc_label(sc: dict) -> str:
 
 def bound(r: dict, cores: int) -> str:
     """What limited a run, read off its CPU figures (first match wins)."""
+    if r.get("other_busy_pct", 0) >= 25:
+        return f"disturbed (other processes: {r['other_busy_pct']:.0f}% of the cores)"
     if r["machine_busy_pct"] >= 85:
         if r["client_cpu_s"] > 1.5 * r["broker_cpu_s"]:
             return "CPU, mostly the client"
@@ -558,6 +575,15 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: list[dict]
     w(f"- **machine**: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.0f} GiB RAM, Linux "
       f"{m['kernel']}; data on {m.get('filesystem', '?')}; load average before "
       f"{meta['load_before']}, after {meta.get('load_after', '?')}")
+    allruns = [r for sc in results.values() for runs in sc.values() for r in runs]
+    others = [r["other_busy_pct"] for r in allruns if "other_busy_pct" in r]
+    loads = [r["load1_start"] for r in allruns if "load1_start" in r]
+    if others:
+        w(f"- **other work on the machine**: the machine was shared (other builds and tests ran "
+          f"meanwhile); other processes used {med(others):.0f}% of the two cores in the median "
+          f"run ({min(others):.0f}–{max(others):.0f}%), and the 1-minute load average at the "
+          f"start of the runs was {min(loads):.1f}–{max(loads):.1f} (median {med(loads):.1f}). "
+          "Brokers alternate within each round so both meet the same disturbance.")
     w(f"- **brokers**: Ferry (`fsync.policy=always`, the default); RabbitMQ "
       f"{v['rabbitmq']} (Debian's package) on Erlang {v['erlang']} (OTP/erts "
       f"{v['otp_erts']}), classic queues with 3.10's defaults")
@@ -610,8 +636,8 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: list[dict]
     w("")
     w("| workload | broker | published msgs/s | consumed msgs/s | p50 ms | p99 ms | p99.9 ms "
       "| max ms | broker CPU s / M msgs | client CPU s / M msgs | broker peak RSS MB | busy "
-      "| steal s | limited by |")
-    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+      "| other processes | load avg at start | steal s | limited by |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
     for sc in scenarios:
         for b in BROKERS:
             runs = results.get(sc["name"], {}).get(b)
@@ -623,11 +649,15 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: list[dict]
               f"{cell(runs, 'p99_ms', 2)} | {cell(runs, 'p999_ms', 2)} | "
               f"{cell(runs, 'max_ms', 1)} | {cell(runs, 'broker_cpu_per_m', 1)} | "
               f"{cell(runs, 'client_cpu_per_m', 1)} | {cell(runs, 'broker_peak_rss_mb')} | "
-              f"{cell(runs, 'machine_busy_pct')}% | {cell(runs, 'steal_s', 2)} | "
+              f"{cell(runs, 'machine_busy_pct')}% | {cell(runs, 'other_busy_pct')}% | "
+              f"{cell(runs, 'load1_start', 1)} | {cell(runs, 'steal_s', 2)} | "
               f"{bound(medrun, cores)} |")
     w("")
-    w("*Limited by* is read off the run with the median throughput, first match wins: "
-      "*CPU* when the machine was ≥ 85% busy (then whichever side used 1.5× the other's CPU); "
+    w("*Other processes* is the share of the 2 cores' time used by everything but the broker "
+      "and the client during the run (the machine's busy time from /proc/stat less the two); "
+      "*load avg* is the 1-minute load average when the run started. "
+      "*Limited by* is read off the run with the median throughput, first match wins: "
+      "*disturbed* when other processes used ≥ 25% of the cores; *CPU* when the machine was ≥ 85% busy (then whichever side used 1.5× the other's CPU); "
       "*broker (one core)* when the broker used ≥ 85% of one core; otherwise *waiting* "
       "(fsyncs, round trips, or the pacing of a fixed rate). *Steal* is CPU time the "
       "hypervisor did not give this VM while it wanted it (/proc/stat), over the run; it is not "
@@ -748,7 +778,8 @@ def reading_text(scenarios: list[dict], results: dict, cores: int) -> str:
                 f"{r['seconds']:.1f} s; the broker used {r['broker_cpu_s']:.1f} CPU s "
                 f"({r['broker_busy_pct']:.0f}% of one core), the client "
                 f"{r['client_cpu_s']:.1f} CPU s ({r['client_busy_pct']:.0f}% of one core), the "
-                f"machine was {r['machine_busy_pct']:.0f}% busy and lost {r['steal_s']:.2f} s to "
+                f"machine was {r['machine_busy_pct']:.0f}% busy (other processes "
+                f"{r.get('other_busy_pct', 0):.0f}% of the cores) and lost {r['steal_s']:.2f} s to "
                 f"steal → {bound(r, cores)}.")
     return "\n".join(lines)
 

@@ -672,19 +672,45 @@ struct ConsumerCtx {
 }
 
 /// Acknowledgements are not awaited by the consumer: each basic.ack goes to
-/// an ack task that sends them one after another, in delivery order (a
-/// multiple=true ack must not overtake the one before it, or the broker sees
-/// an already-acknowledged tag and closes the channel).
+/// an ack task. Single acks are sent without waiting for the ones before
+/// them to be written (as RabbitMQ's Java client and PerfTest do: an ack
+/// has no reply), so lapin writes a burst of them at once. A multiple=true
+/// ack waits for every ack before it, then goes out alone: it must not
+/// overtake the one before it, or the broker sees an already-acknowledged
+/// tag and closes the channel.
 async fn consume(mut consumer: lapin::Consumer, mut ctx: ConsumerCtx) -> Result<()> {
     let mut unacked: u32 = 0;
     let mut last: Option<Acker> = None;
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(Acker, bool)>();
     let mut acker_task = tokio::spawn(async move {
-        while let Some((acker, multiple)) = ack_rx.recv().await {
-            acker
-                .ack(BasicAckOptions { multiple })
-                .await
-                .context("basic.ack")?;
+        let mut sending: FuturesUnordered<
+            std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<bool>> + Send>>,
+        > = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                biased;
+                Some(r) = sending.next(), if !sending.is_empty() => {
+                    r.context("basic.ack")?;
+                }
+                next = ack_rx.recv() => match next {
+                    Some((acker, false)) => sending.push(Box::pin(async move {
+                        acker.ack(BasicAckOptions { multiple: false }).await
+                    })),
+                    Some((acker, true)) => {
+                        while let Some(r) = sending.next().await {
+                            r.context("basic.ack")?;
+                        }
+                        acker
+                            .ack(BasicAckOptions { multiple: true })
+                            .await
+                            .context("basic.ack")?;
+                    }
+                    None => break,
+                },
+            }
+        }
+        while let Some(r) = sending.next().await {
+            r.context("basic.ack")?;
         }
         Ok::<(), anyhow::Error>(())
     });
