@@ -896,6 +896,12 @@ impl Conn {
     /// A content frame arrived (RabbitMQ's `publish_received`): during an
     /// alarm, the connection is blocked from now on.
     fn publish_received(&mut self) {
+        // The alarm as it is now, not as the main loop last saw it: an alarm
+        // raised before this publish was read may still wait in the select.
+        let now = *self.shared.alarm.borrow();
+        if now != self.alarms {
+            self.on_alarms(now);
+        }
         if !self.alarms.any() || self.should_block {
             return;
         }
