@@ -1468,7 +1468,7 @@ impl QueueInner {
         let now = self.clock.now_ms();
         let mut outbox = Vec::new();
         let mut outcome = TickOutcome::default();
-        let (reclaim_to, sync_log) = {
+        let (mut reclaim_to, sync_log, journal_sync) = {
             let mut st = lock(&self.state);
             if st.closed {
                 return outcome;
@@ -1499,14 +1499,29 @@ impl QueueInner {
                 outcome.expired = true;
             }
             self.compact_if_needed(&mut st);
-            if let Some(j) = st.journal.as_mut()
-                && let Err(e) = j.sync()
-            {
-                tracing::warn!(queue = %self.cfg.name, error = %e, "could not sync the queue's journal");
-            }
+            let journal_sync = match st.journal.as_mut().map(|j| j.begin_sync()) {
+                Some(Ok(file)) => file,
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %self.cfg.name, error = %e, "could not sync the queue's journal");
+                    None
+                }
+                None => None,
+            };
             let reclaim = (st.low_water > st.reclaimed_to).then_some(st.low_water);
-            (reclaim, self.cfg.persist)
+            (reclaim, self.cfg.persist, journal_sync)
         };
+        // The fsync without the lock: the queue goes on meanwhile. Segments
+        // are reclaimed only after it, so that the settles that allow it are
+        // on disk first.
+        if let Some(file) = journal_sync
+            && let Err(e) = file.sync_data()
+        {
+            tracing::warn!(queue = %self.cfg.name, error = %e, "could not sync the queue's journal");
+            if let Some(j) = lock(&self.state).journal.as_mut() {
+                j.sync_failed();
+            }
+            reclaim_to = None;
+        }
         self.finish(outbox);
         if sync_log {
             let result = match self.cfg.fsync {
