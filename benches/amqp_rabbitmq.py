@@ -350,9 +350,12 @@ def bench(ferry: Path, broker, args: list[str], logpath: Path, timeout: float) -
     with open(logpath, "w") as err, open(logpath.with_suffix(".json"), "w") as out:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         killer = threading.Timer(timeout, p.kill)
+        killer.daemon = True  # an interrupted run must not wait for it
         killer.start()
-        _, status, ru = os.wait4(p.pid, 0)
-        killer.cancel()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            killer.cancel()
         p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
     busy1, steal1 = system_cpu()

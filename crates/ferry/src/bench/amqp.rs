@@ -15,12 +15,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Acker, Confirmation};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio::sync::watch;
@@ -245,7 +245,7 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
                         Some(run_id)
                     },
                 };
-                tasks.spawn(consume(consumer, ctx));
+                tasks.spawn(consume(consumer, channel.clone(), ctx));
                 connections.push(conn);
             }
         }
@@ -601,7 +601,7 @@ async fn publish(channel: Channel, mut ctx: ProducerCtx) -> Result<()> {
             body[0..8].copy_from_slice(&ctx.run_id.to_be_bytes());
             body[8..16].copy_from_slice(&((ctx.producer << 40) | n).to_be_bytes());
             body[16..24].copy_from_slice(&now_ns().to_be_bytes());
-            let channel = channel.clone();
+            let channel = &channel;
             let queue = routing[(n % routing.len() as u64) as usize].clone();
             let props = props.clone();
             inflight.push(async move {
@@ -672,38 +672,43 @@ struct ConsumerCtx {
 }
 
 /// Acknowledgements are not awaited by the consumer: each basic.ack goes to
-/// an ack task. Single acks are sent without waiting for the ones before
-/// them to be written (as RabbitMQ's Java client and PerfTest do: an ack
-/// has no reply), so lapin writes a burst of them at once. A multiple=true
-/// ack waits for every ack before it, then goes out alone: it must not
-/// overtake the one before it, or the broker sees an already-acknowledged
-/// tag and closes the channel.
-async fn consume(mut consumer: lapin::Consumer, mut ctx: ConsumerCtx) -> Result<()> {
+/// an ack task, as the delivery tag on the consumer's channel
+/// (`Channel::basic_ack`, which writes the frame at once, rather than
+/// lapin's `Acker`, which goes through an internal RPC task and a spawned
+/// task per ack). Single acks are sent without waiting for the ones before
+/// them to be written (as RabbitMQ's Java client and PerfTest do: an ack has
+/// no reply), so lapin writes a burst of them at once. A multiple=true ack
+/// waits for every ack before it, then goes out alone: it must not overtake
+/// the one before it, or the broker sees an already-acknowledged tag and
+/// closes the channel.
+async fn consume(
+    mut consumer: lapin::Consumer,
+    channel: Channel,
+    mut ctx: ConsumerCtx,
+) -> Result<()> {
+    async fn ack(channel: &Channel, tag: u64, multiple: bool) -> lapin::Result<()> {
+        channel.basic_ack(tag, BasicAckOptions { multiple }).await
+    }
     let mut unacked: u32 = 0;
-    let mut last: Option<Acker> = None;
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(Acker, bool)>();
+    let mut last: Option<u64> = None;
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
     let mut acker_task = tokio::spawn(async move {
-        let mut sending: FuturesUnordered<
-            std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<bool>> + Send>>,
-        > = FuturesUnordered::new();
+        let channel = &channel;
+        let mut sending = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
                 Some(r) = sending.next(), if !sending.is_empty() => {
+                    let r: lapin::Result<()> = r;
                     r.context("basic.ack")?;
                 }
                 next = ack_rx.recv() => match next {
-                    Some((acker, false)) => sending.push(Box::pin(async move {
-                        acker.ack(BasicAckOptions { multiple: false }).await
-                    })),
-                    Some((acker, true)) => {
+                    Some((tag, false)) => sending.push(ack(channel, tag, false)),
+                    Some((tag, true)) => {
                         while let Some(r) = sending.next().await {
                             r.context("basic.ack")?;
                         }
-                        acker
-                            .ack(BasicAckOptions { multiple: true })
-                            .await
-                            .context("basic.ack")?;
+                        ack(channel, tag, true).await.context("basic.ack")?;
                     }
                     None => break,
                 },
@@ -742,11 +747,11 @@ async fn consume(mut consumer: lapin::Consumer, mut ctx: ConsumerCtx) -> Result<
             unacked += 1;
             if unacked >= ctx.multi_ack {
                 // The task ends only on an error, which the select above reports.
-                let _ = ack_tx.send((delivery.acker.clone(), ctx.multi_ack > 1));
+                let _ = ack_tx.send((delivery.delivery_tag, ctx.multi_ack > 1));
                 unacked = 0;
                 last = None;
             } else {
-                last = Some(delivery.acker.clone());
+                last = Some(delivery.delivery_tag);
             }
         }
         if ours {
@@ -759,8 +764,8 @@ async fn consume(mut consumer: lapin::Consumer, mut ctx: ConsumerCtx) -> Result<
             ctx.shared.foreign.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if let Some(acker) = last {
-        let _ = ack_tx.send((acker, true));
+    if let Some(tag) = last {
+        let _ = ack_tx.send((tag, true));
     }
     drop(ack_tx);
     acker_task.await.context("ack task")?
