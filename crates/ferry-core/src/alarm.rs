@@ -6,7 +6,9 @@
 //! The broker holds the state in a `tokio::sync::watch` channel
 //! ([`Alarms::subscribe`]) that every front end can follow: the AMQP front
 //! end blocks publishing connections (connection.blocked) while any alarm is
-//! on; Kafka and SQS can refuse or slow producers the same way. The monitor
+//! on; Kafka holds produce requests and SQS holds sends the same way,
+//! refusing them with their protocol's error if the alarm outlasts the hold
+//! ([`wait_until_clear`]). The monitor
 //! ([`run_monitor`]) looks once a second and logs each alarm when it is
 //! raised and when it clears, naming the setting to change.
 
@@ -175,6 +177,26 @@ impl Alarms {
         self.tx
             .send_if_modified(|a| std::mem::replace(&mut a.memory, on) != on)
     }
+}
+
+/// Waits until no alarm is on, for at most `max` (forever with `None`).
+/// Whether they cleared: producers that the front ends hold during an
+/// alarm go on if so, and are refused with the protocol's own error if not.
+pub async fn wait_until_clear(
+    alarms: &mut watch::Receiver<ResourceAlarms>,
+    max: Option<Duration>,
+) -> bool {
+    let clear = async {
+        // Err: the monitor is gone, so nothing will change any more.
+        let _ = alarms.wait_for(|a| !a.any()).await;
+    };
+    match max {
+        Some(max) => {
+            let _ = tokio::time::timeout(max, clear).await;
+        }
+        None => clear.await,
+    }
+    !alarms.borrow().any()
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `path`

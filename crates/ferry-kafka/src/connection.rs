@@ -99,6 +99,7 @@ async fn read_requests(
     let budget = Arc::new(Semaphore::new(config.request_bytes_max));
     let idle = Duration::from_millis(config.connection_idle_ms);
     let read_timeout = Duration::from_millis(config.request_read_timeout_ms);
+    let mut alarms = ctx.broker.alarms();
     loop {
         let mut size = [0u8; 4];
         match tokio::time::timeout(idle, rd.read_exact(&mut size)).await {
@@ -143,7 +144,7 @@ async fn read_requests(
         let frame: Bytes = frame.freeze();
         let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
         let api = request.api_key;
-        let work = handlers::start(ctx.clone(), request, frame);
+        let work = handlers::start(ctx.clone(), request, frame, &mut alarms).await;
         let metrics = ctx.broker.metrics().clone();
         let started = std::time::Instant::now();
         let task = tokio::spawn(async move {

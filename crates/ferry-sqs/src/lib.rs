@@ -36,9 +36,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{Messaging, Queue};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::errors::{Code, SqsResult, err, no_queue};
 use crate::http::SqsRequest;
@@ -53,6 +54,10 @@ pub const BATCH_ENTRIES_MAX: usize = 10;
 pub const IN_FLIGHT_STANDARD_MAX: u64 = 120_000;
 /// The same for FIFO queues.
 pub const IN_FLIGHT_FIFO_MAX: u64 = 20_000;
+/// The longest a send waits for a resource alarm to clear before it is
+/// answered RequestThrottled (well inside SDKs' read timeouts: botocore's
+/// is 60 s).
+pub const SEND_ALARM_HOLD: Duration = Duration::from_secs(10);
 /// The engine's connection id for SQS (AMQP's start at 1).
 const CONNECTION: u64 = 0;
 
@@ -77,6 +82,9 @@ pub struct SqsConfig {
     pub purge_interval: Duration,
     /// FIFO deduplication window.
     pub dedup_window: Duration,
+    /// The broker's resource alarms (`Broker::alarms`): sends are held
+    /// while one is on, and throttled if it outlasts `SEND_ALARM_HOLD`.
+    pub alarms: watch::Receiver<ResourceAlarms>,
 }
 
 impl SqsConfig {
@@ -93,6 +101,8 @@ impl SqsConfig {
             deleted_recently: Duration::from_secs(60),
             purge_interval: Duration::from_secs(60),
             dedup_window: Duration::from_secs(300),
+            // No alarm source: never raised.
+            alarms: watch::channel(ResourceAlarms::default()).1,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_core::alarm;
 use ferry_core::messaging::{Delivery, Queue};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -18,7 +19,9 @@ use crate::message::{
 use crate::params::{Params, batch_entries, int_in, opt_str, req_str, string_list};
 use crate::queues::parse_redrive;
 use crate::store::DedupEntry;
-use crate::{IN_FLIGHT_FIFO_MAX, IN_FLIGHT_STANDARD_MAX, QueueState, Receipt, Sqs, now_ms};
+use crate::{
+    IN_FLIGHT_FIFO_MAX, IN_FLIGHT_STANDARD_MAX, QueueState, Receipt, SEND_ALARM_HOLD, Sqs, now_ms,
+};
 
 /// Bytes all the messages of one SendMessageBatch may add up to.
 const BATCH_BYTES_MAX: usize = 1_048_576;
@@ -307,9 +310,30 @@ impl Sqs {
         out
     }
 
+    /// During a resource alarm (low disk, high memory) a send waits for it
+    /// to clear, as RabbitMQ holds a blocked publisher, for at most
+    /// `SEND_ALARM_HOLD`; then it is throttled, which SDKs retry with
+    /// backoff. Receives and deletes are never held: consumers drain.
+    async fn hold_during_alarm(&self) -> SqsResult<()> {
+        let mut alarms = self.config.alarms.clone();
+        let Some(why) = alarms.borrow().blocked_reason() else {
+            return Ok(());
+        };
+        if alarm::wait_until_clear(&mut alarms, Some(SEND_ALARM_HOLD)).await {
+            return Ok(());
+        }
+        Err(err(
+            Code::RequestThrottled,
+            format!(
+                "Broker {why}: sends are throttled until the alarm clears (disk_free_limit, memory_high_watermark)."
+            ),
+        ))
+    }
+
     pub(crate) async fn send_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
+        self.hold_during_alarm().await?;
         let prepared = self.prepare(&q, p, now_ms())?;
         let mut results = self.send_prepared(&q, &engine, vec![Ok(prepared)]).await;
         results
@@ -325,6 +349,7 @@ impl Sqs {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         let entries = batch_entries(p, "SendMessageBatchRequestEntry")?;
+        self.hold_during_alarm().await?;
         let now = now_ms();
         let prepared: Vec<SqsResult<Prepared>> =
             entries.iter().map(|e| self.prepare(&q, e, now)).collect();

@@ -112,6 +112,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     sqs_config.advertised = settings.sqs_advertised.clone();
     sqs_config.region = settings.sqs_region.clone();
     sqs_config.account_id = settings.sqs_account_id.clone();
+    sqs_config.alarms = broker.alarms();
     let sqs_state = ferry_sqs::Sqs::open(broker.messaging().clone(), sqs_config)
         .context("cannot start the SQS front end")?;
     let sqs = tokio::spawn(ferry_sqs::serve(sqs_listener, sqs_state));

@@ -14,6 +14,7 @@ mod producers;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferry_core::alarm::ResourceAlarms;
 use futures_util::future::BoxFuture;
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
@@ -24,6 +25,7 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::sync::watch;
 
 use crate::connection::Ctx;
 use crate::versions;
@@ -117,12 +119,19 @@ pub(crate) fn encode_response<R: Encodable>(
     }
 }
 
-/// Starts a request. Produce appends happen right here, synchronously, so
-/// that requests pipelined on one connection are appended in the order they
-/// were sent (Kafka serves one request per connection at a time); all the
-/// waiting (fsync, long polls) happens in the returned future, which the
-/// connection runs concurrently with later requests.
-pub(crate) fn start(ctx: Arc<Ctx>, request: Request, frame: Bytes) -> BoxFuture<'static, Outcome> {
+/// Starts a request. Produce appends happen right here, before the next
+/// request is read, so that requests pipelined on one connection are
+/// appended in the order they were sent (Kafka serves one request per
+/// connection at a time); all the waiting (fsync, long polls) happens in the
+/// returned future, which the connection runs concurrently with later
+/// requests. The one wait here is a produce during a resource alarm
+/// (`produce::append_when_clear`): the connection is not read meanwhile.
+pub(crate) async fn start(
+    ctx: Arc<Ctx>,
+    request: Request,
+    frame: Bytes,
+    alarms: &mut watch::Receiver<ResourceAlarms>,
+) -> BoxFuture<'static, Outcome> {
     let api_key = request.api_key;
     let version = request.header.request_api_version;
     if api_key != ApiKey::Produce || !versions::is_supported(api_key, version) {
@@ -131,7 +140,8 @@ pub(crate) fn start(ctx: Arc<Ctx>, request: Request, frame: Bytes) -> BoxFuture<
     let correlation_id = request.header.correlation_id;
     let mut body = frame.slice(request.body_start..);
     let appended = match ProduceRequest::decode(&mut body, version) {
-        Ok(req) => produce::append(&ctx, req),
+        Ok(req) if alarms.borrow().any() => produce::append_when_clear(&ctx, req, alarms).await,
+        Ok(req) => produce::append(&ctx, req, None),
         Err(e) => {
             let reason = format!("malformed Produce v{version} request: {e}");
             return Box::pin(std::future::ready(Outcome::Close(reason)));

@@ -7,13 +7,16 @@
 //! durable: the log's `AppendInfo` then describes the original.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry_core::CoreError;
+use ferry_core::alarm::{self, ResourceAlarms};
 use ferry_log::{AppendInfo, Log};
 use futures_util::future::join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use tokio::sync::watch;
 
 use crate::connection::Ctx;
 use crate::errors::{kafka_error, log_error, message};
@@ -26,6 +29,49 @@ struct Pending {
     info: AppendInfo,
 }
 
+/// Why a produce request was answered without appending anything.
+pub(crate) struct Refusal {
+    error: ResponseError,
+    reason: String,
+}
+
+/// The longest a produce request is held during a resource alarm: half the
+/// request's `timeout_ms` (the producer's patience; librdkafka and the Java
+/// client send 30 s), so that the client hears from us before it gives up
+/// on the request and drops the connection.
+fn alarm_hold(req: &ProduceRequest) -> Option<Duration> {
+    // acks=0 expects no answer: hold it until the alarm clears, as RabbitMQ
+    // holds a blocked publisher; the connection is not read meanwhile.
+    (req.acks != 0).then(|| Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0) / 2))
+}
+
+/// A produce request that arrived during a resource alarm (low disk space
+/// or high memory, see `ferry_core::alarm`): it waits, with the connection
+/// not read, until the alarm clears, then appends as usual. If the alarm
+/// outlasts the hold, nothing is appended and every partition is answered
+/// with REQUEST_TIMED_OUT, which producers retry. Either way the response's
+/// `throttle_time_ms` says how long it was held.
+pub(crate) async fn append_when_clear(
+    ctx: &Ctx,
+    req: ProduceRequest,
+    alarms: &mut watch::Receiver<ResourceAlarms>,
+) -> Appended {
+    let held_since = Instant::now();
+    let why = alarms.borrow().blocked_reason().unwrap_or("resource alarm");
+    tracing::debug!(peer = %ctx.peer, alarm = why, "produce request held during a resource alarm");
+    let cleared = alarm::wait_until_clear(alarms, alarm_hold(&req)).await;
+    let refused = (!cleared).then(|| Refusal {
+        error: ResponseError::RequestTimedOut,
+        reason: format!(
+            "broker {why}: produce refused until the alarm clears (disk_free_limit, memory_high_watermark)"
+        ),
+    });
+    let mut appended = append(ctx, req, refused);
+    appended.response.throttle_time_ms =
+        i32::try_from(held_since.elapsed().as_millis()).unwrap_or(i32::MAX);
+    appended
+}
+
 /// A produce request whose batches are appended and whose answer waits for
 /// durability.
 pub(crate) struct Appended {
@@ -34,11 +80,12 @@ pub(crate) struct Appended {
     pending: Vec<Pending>,
 }
 
-/// Appends every partition's batches now. Called in the order requests
+/// Appends every partition's batches now, or, with `refused`, none of them:
+/// each partition is answered with that error. Called in the order requests
 /// arrive on a connection, so that pipelined produce requests are stored in
 /// the order they were sent, as Kafka (one request per connection at a time)
 /// guarantees.
-pub(crate) fn append(ctx: &Ctx, req: ProduceRequest) -> Appended {
+pub(crate) fn append(ctx: &Ctx, req: ProduceRequest, refused: Option<Refusal>) -> Appended {
     let acks = req.acks;
     let mut response = ProduceResponse::default();
     let mut pending = Vec::new();
@@ -53,7 +100,9 @@ pub(crate) fn append(ctx: &Ctx, req: ProduceRequest) -> Appended {
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
-            let result = if !matches!(acks, -1..=1) {
+            let result = if let Some(r) = &refused {
+                Err((r.error, r.reason.clone()))
+            } else if !matches!(acks, -1..=1) {
                 Err((
                     ResponseError::InvalidRequiredAcks,
                     format!("acks must be -1, 0 or 1, not {acks}"),

@@ -532,20 +532,28 @@ pub mod tmpfs;
 impl Server {
     /// The AMQP listener's address, from the `amqp listening on` log line.
     pub fn amqp(&self) -> SocketAddr {
+        self.listener("amqp")
+    }
+
+    /// The SQS listener's address, from the `sqs listening on` log line.
+    pub fn sqs(&self) -> SocketAddr {
+        self.listener("sqs")
+    }
+
+    /// A listener's address, from its `<protocol> listening on` log line.
+    fn listener(&self, protocol: &str) -> SocketAddr {
+        let needle = format!("{protocol} listening on ");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let log = self.log_text();
-            if let Some(addr) = log
-                .lines()
-                .find_map(|l| l.split("amqp listening on ").nth(1))
-            {
+            if let Some(addr) = log.lines().find_map(|l| l.split(&needle).nth(1)) {
                 return strip_ansi(addr.trim())
                     .parse()
-                    .expect("amqp listen address");
+                    .unwrap_or_else(|e| panic!("{protocol} listen address: {e}"));
             }
             assert!(
                 Instant::now() < deadline,
-                "no 'amqp listening on' line in the log:\n{log}"
+                "no '{needle}' line in the log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
