@@ -29,7 +29,7 @@ use ferry_core::messaging::{
 };
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -315,6 +315,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         frame_limit.clone(),
         last_read_ms.clone(),
         epoch,
+        shared.config.frame_timeout,
     ));
     let (writer, writer_rx) = mpsc::channel(WRITE_QUEUE_CHUNKS);
     let writer_task = tokio::spawn(write_loop(wr, writer_rx));
@@ -377,13 +378,28 @@ async fn read_loop(
     frame_limit: Arc<AtomicU32>,
     last_read_ms: Arc<AtomicU64>,
     epoch: Instant,
+    frame_timeout: Duration,
 ) {
     loop {
         let mut batch = Vec::new();
         let mut failed = None;
-        match frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed)).await {
-            Ok(f) => batch.push(f),
-            Err(e) => failed = Some(e),
+        // The wait for a frame's first byte has no bound here (heartbeats
+        // watch it); the rest of the frame must follow within frame_timeout.
+        if let Err(e) = rd.fill_buf().await {
+            failed = Some(ReadError::Closed(e));
+        } else {
+            let read = frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed));
+            match tokio::time::timeout(frame_timeout, read).await {
+                Ok(Ok(f)) => batch.push(f),
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => {
+                    tracing::warn!(
+                        "closing amqp connection: a frame was not complete {} ms after it began (frame_timeout)",
+                        frame_timeout.as_millis()
+                    );
+                    failed = Some(ReadError::Closed(std::io::ErrorKind::TimedOut.into()));
+                }
+            }
         }
         // Frames already whole in the buffer go with it: reading them needs
         // no wait, and one hand-over instead of one each.
@@ -1935,7 +1951,12 @@ impl Conn {
                 })),
             );
         }
-        let credit = Arc::new(Credit::new(ch.prefetch));
+        // Prefetch 0 means no limit of the client's; ours still applies.
+        let unacked_max = self.config().consumer_unacked_max;
+        let credit = Arc::new(Credit::new(match ch.prefetch {
+            0 => unacked_max,
+            p => p.min(unacked_max),
+        }));
         let (stop, stop_rx) = watch::channel(false);
         let limits = (!c.no_ack).then(|| (credit.clone(), ch.credit.clone()));
         tokio::spawn(consumer_loop(

@@ -23,9 +23,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::access::AccessControl;
 use ferry_core::alarm::ResourceAlarms;
+use ferry_core::connection_limit::ConnectionLimit;
 use ferry_core::messaging::Messaging;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+/// AMQP 0-9-1's frame-min-size: no peer may propose a smaller frame_max.
+pub use frame::FRAME_MIN_SIZE;
 
 /// Settings of the AMQP listener (RabbitMQ's defaults where it has them).
 #[derive(Debug, Clone)]
@@ -43,6 +47,21 @@ pub struct AmqpConfig {
     /// How long a client has from connecting to connection.open (RabbitMQ's
     /// `handshake_timeout`: 10 s).
     pub handshake_timeout: Duration,
+    /// How long the rest of a frame may take once its first byte arrived;
+    /// past it the connection is closed. Heartbeats (if the client agreed to
+    /// them) notice a silent client between frames; this notices one that
+    /// stops in the middle of a frame, heartbeats or not.
+    pub frame_timeout: Duration,
+    /// Open connections on the listener; a connection accepted past this is
+    /// closed before anything is read from it (RabbitMQ's `connection_max`,
+    /// unlimited there by default).
+    pub connections_max: usize,
+    /// Unacknowledged deliveries one consumer may hold when its prefetch is
+    /// 0 ("unlimited"); a prefetch a client sets is at most 65535 anyway.
+    /// Past it the consumer gets nothing more until it acks, so a consumer
+    /// that never acks cannot pull a whole queue's delivery state into
+    /// memory.
+    pub consumer_unacked_max: u32,
     /// Users, their passwords and vhost permissions (RabbitMQ's default:
     /// guest/guest on `/`, from loopback only).
     pub access: Arc<AccessControl>,
@@ -56,6 +75,9 @@ impl Default for AmqpConfig {
             heartbeat_s: 60,
             message_bytes_max: 128 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+            connections_max: 10_000,
+            consumer_unacked_max: u32::from(u16::MAX),
             access: Arc::new(AccessControl::default()),
         }
     }
@@ -124,6 +146,7 @@ pub async fn serve_with_alarm(
     config: AmqpConfig,
     alarm: watch::Receiver<ResourceAlarms>,
 ) {
+    let limit = ConnectionLimit::new("amqp", config.connections_max);
     let shared = Arc::new(Shared {
         messaging,
         config,
@@ -134,8 +157,14 @@ pub async fn serve_with_alarm(
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                let Some(slot) = limit.admit() else {
+                    continue;
+                };
                 let shared = shared.clone();
-                tokio::spawn(connection::run(socket, peer, shared));
+                tokio::spawn(async move {
+                    connection::run(socket, peer, shared).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of

@@ -11,6 +11,7 @@ pub mod alarm;
 mod broker;
 mod browse;
 mod catalog;
+pub mod connection_limit;
 mod error;
 pub mod group;
 pub mod messaging;

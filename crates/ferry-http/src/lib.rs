@@ -31,13 +31,17 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use ferry_core::Broker;
-use tokio::net::TcpListener;
 
 pub use error::ApiError;
+/// Samples the overview's message rates; the binary runs it beside the
+/// listener that serves [`router`] (with its connection limits and timeouts).
+pub use metrics::run_rates;
 
 /// One listener of the broker, as the overview reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,11 +125,36 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/rabbitmq/api/exchanges", get(rabbitmq::exchanges))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             metrics::count_requests,
         ))
         .with_state(admin)
+}
+
+/// Largest request body the API reads (axum's default, made explicit).
+const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// A body announced larger than `BODY_BYTES_MAX` is refused before any of
+/// it is read; without this a client declaring 2 GiB would hold the
+/// connection until it had sent 2 MiB, or until the body deadline.
+async fn refuse_large_bodies(request: axum::extract::Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
@@ -152,16 +181,6 @@ async fn openapi() -> Response {
         header::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    let rates = tokio::spawn(metrics::run_rates(admin.clone()));
-    let served = axum::serve(listener, router(admin)).await;
-    rates.abort();
-    if let Err(e) = served {
-        tracing::error!(error = %e, "http listener stopped");
-    }
 }
 
 /// A JSON body with `status`.

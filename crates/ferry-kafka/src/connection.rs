@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::Broker;
+use ferry_core::connection_limit::{ConnectionLimit, ConnectionSlot};
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::KafkaConfig;
@@ -33,20 +35,36 @@ const REQUEST_BYTES_MIN: usize = 8;
 /// instead of spinning.
 const ACCEPT_RETRY_MS: u64 = 50;
 
+/// A request being answered, with what it holds until its response has been
+/// written: its bytes of the connection's request budget and, for a Fetch,
+/// the connection's one fetch slot. Released only once written, so a client
+/// that never reads its responses stops being read instead of making the
+/// broker hold its requests and their responses (a Fetch response can be
+/// `fetch_bytes_max`, however small the request).
+struct InFlight {
+    task: JoinHandle<Outcome>,
+    _budget: OwnedSemaphorePermit,
+    _fetch: Option<OwnedSemaphorePermit>,
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<KafkaConfig>,
 ) {
+    let limit = ConnectionLimit::new("kafka", config.connections_max);
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                let Some(slot) = limit.admit() else {
+                    continue;
+                };
                 let ctx = Arc::new(Ctx {
                     broker: broker.clone(),
                     config: config.clone(),
                     peer,
                 });
-                tokio::spawn(serve_connection(socket, ctx));
+                tokio::spawn(serve_connection(socket, ctx, slot));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "kafka listener could not accept a connection");
@@ -56,7 +74,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>) {
+async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>, _slot: ConnectionSlot) {
     let peer = ctx.peer;
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
@@ -90,13 +108,16 @@ async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>) {
 /// Reads frames until the client closes or misbehaves. `Ok` on a clean close.
 async fn read_requests(
     mut rd: OwnedReadHalf,
-    tx: mpsc::Sender<JoinHandle<Outcome>>,
+    tx: mpsc::Sender<InFlight>,
     ctx: Arc<Ctx>,
 ) -> Result<(), String> {
     let config = ctx.config.clone();
     // Bytes of requests read but not yet answered, so that a client that never
     // reads its responses cannot make the broker buffer without bound.
     let budget = Arc::new(Semaphore::new(config.request_bytes_max));
+    // Clients send one Fetch per broker at a time; more would let a few small
+    // requests pin many large responses.
+    let fetch_slot = Arc::new(Semaphore::new(1));
     let idle = Duration::from_millis(config.connection_idle_ms);
     let read_timeout = Duration::from_millis(config.request_read_timeout_ms);
     let mut alarms = ctx.broker.alarms();
@@ -144,16 +165,30 @@ async fn read_requests(
         let frame: Bytes = frame.freeze();
         let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
         let api = request.api_key;
+        let fetch = match api {
+            ApiKey::Fetch => Some(
+                fetch_slot
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "fetch slot closed".to_string())?,
+            ),
+            _ => None,
+        };
         let work = handlers::start(ctx.clone(), request, frame, &mut alarms).await;
         let metrics = ctx.broker.metrics().clone();
         let started = std::time::Instant::now();
         let task = tokio::spawn(async move {
             let outcome = work.await;
-            drop(permit);
             metrics.request("kafka", &format!("{api:?}"), started.elapsed());
             outcome
         });
-        if tx.send(task).await.is_err() {
+        let in_flight = InFlight {
+            task,
+            _budget: permit,
+            _fetch: fetch,
+        };
+        if tx.send(in_flight).await.is_err() {
             return Ok(());
         }
     }
@@ -177,10 +212,17 @@ async fn read_frame_body(
 /// Writes each request's response in the order the requests arrived.
 async fn write_responses(
     wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<JoinHandle<Outcome>>,
+    mut rx: mpsc::Receiver<InFlight>,
 ) -> Result<(), String> {
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(task) = rx.recv().await {
+    while let Some(in_flight) = rx.recv().await {
+        // The permits stay bound to the end of this iteration: after the
+        // response went to the socket.
+        let InFlight {
+            task,
+            _budget,
+            _fetch,
+        } = in_flight;
         if !task.is_finished() {
             // Don't hold finished responses back while a slow one (a long
             // poll, an fsync) is pending.

@@ -36,6 +36,12 @@ pub struct KafkaConfig {
     pub request_read_timeout_ms: u64,
     /// Cap on a Fetch's `max_wait_ms`.
     pub fetch_wait_ms_max: u64,
+    /// Cap on a Fetch's `max_bytes` (Kafka's `fetch.max.bytes`): the record
+    /// bytes one Fetch response holds, beyond one whole first batch.
+    pub fetch_bytes_max: usize,
+    /// Open connections on the listener (Kafka's `max.connections`); a
+    /// connection accepted past this is closed before anything is read.
+    pub connections_max: usize,
 }
 
 impl KafkaConfig {
@@ -49,6 +55,8 @@ impl KafkaConfig {
             connection_idle_ms: 10 * 60 * 1000,
             request_read_timeout_ms: 30_000,
             fetch_wait_ms_max: 30_000,
+            fetch_bytes_max: 55 * 1024 * 1024,
+            connections_max: 10_000,
         }
     }
 }

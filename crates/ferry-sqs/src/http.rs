@@ -74,6 +74,9 @@ pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
     }
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
+        // The listener's body deadline passed: a client this slow gets a
+        // bare 408 and loses its connection rather than an SQS error.
+        Err(e) if timed_out(&e) => return request_timeout(),
         Err(_) => return error_response(protocol, &too_large(), &request_id),
     };
     let host = parts
@@ -104,6 +107,30 @@ pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
             error_response(protocol, &e, &request_id)
         }
     }
+}
+
+/// Whether reading a body failed on a deadline (an `io::Error` of kind
+/// `TimedOut` somewhere in the chain).
+fn timed_out(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn request_timeout() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<(String, Map<String, Value>), SqsError> {

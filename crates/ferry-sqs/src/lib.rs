@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{Messaging, Queue};
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::errors::{Code, SqsResult, err, no_queue};
@@ -506,13 +505,11 @@ impl Receipt {
     }
 }
 
-/// Serves SQS clients on `listener` until the future is dropped.
-pub async fn serve(listener: TcpListener, sqs: Arc<Sqs>) {
-    if let Ok(addr) = listener.local_addr() {
-        *sqs.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
-    }
-    let app = axum::Router::new().fallback(http::handle).with_state(sqs);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "sqs listener stopped");
-    }
+/// The SQS API as a router, for a listener bound to `local` (the address
+/// put in queue URLs when neither an advertised address nor a `Host`
+/// header says otherwise). The binary serves it with its connection limits
+/// and timeouts.
+pub fn router(sqs: Arc<Sqs>, local: SocketAddr) -> axum::Router {
+    *sqs.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
+    axum::Router::new().fallback(http::handle).with_state(sqs)
 }

@@ -14,6 +14,8 @@ use ferry_core::alarm::{MemoryLimit, ResourceLimits, parse_bytes};
 use ferry_core::group::GroupConfig;
 use serde::Deserialize;
 
+use crate::http_listener::HttpLimits;
+
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_AMQP_LISTEN: &str = "127.0.0.1:5672";
@@ -22,6 +24,8 @@ pub const DEFAULT_SQS_LISTEN: &str = "127.0.0.1:9324";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SQS_REGION: &str = "us-east-1";
 pub const DEFAULT_SQS_ACCOUNT_ID: &str = "000000000000";
+/// Kafka's `fetch.max.bytes` default (55 MiB).
+const DEFAULT_KAFKA_FETCH_BYTES_MAX: usize = 55 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +86,63 @@ pub struct ServeArgs {
     /// Largest Kafka request accepted, in bytes [default: 104857600].
     #[arg(long, env = "FERRY_KAFKA_REQUEST_BYTES_MAX", value_name = "BYTES")]
     pub kafka_request_bytes_max: Option<usize>,
+    /// Open Kafka connections; more are closed as they are accepted [default: 10000].
+    #[arg(long, env = "FERRY_KAFKA_CONNECTIONS_MAX", value_name = "N")]
+    pub kafka_connections_max: Option<usize>,
+    /// Close a Kafka connection that sends nothing for this long, in ms [default: 600000].
+    #[arg(long, env = "FERRY_KAFKA_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub kafka_idle_timeout_ms: Option<u64>,
+    /// Close a Kafka connection whose started request is not complete after this long, in ms [default: 30000].
+    #[arg(long, env = "FERRY_KAFKA_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub kafka_request_timeout_ms: Option<u64>,
+    /// Most record bytes in one Fetch response, whatever the client asks, in bytes [default: 57671680].
+    #[arg(long, env = "FERRY_KAFKA_FETCH_BYTES_MAX", value_name = "BYTES")]
+    pub kafka_fetch_bytes_max: Option<usize>,
+    /// Open AMQP connections; more are closed as they are accepted [default: 10000].
+    #[arg(long, env = "FERRY_AMQP_CONNECTIONS_MAX", value_name = "N")]
+    pub amqp_connections_max: Option<usize>,
+    /// Most channels per AMQP connection, as proposed in connection.tune [default: 2047].
+    #[arg(long, env = "FERRY_AMQP_CHANNEL_MAX", value_name = "N")]
+    pub amqp_channel_max: Option<u16>,
+    /// Largest AMQP frame, as proposed in connection.tune, in bytes [default: 131072].
+    #[arg(long, env = "FERRY_AMQP_FRAME_MAX", value_name = "BYTES")]
+    pub amqp_frame_max: Option<u32>,
+    /// Largest AMQP message body, in bytes [default: 134217728].
+    #[arg(long, env = "FERRY_AMQP_MESSAGE_BYTES_MAX", value_name = "BYTES")]
+    pub amqp_message_bytes_max: Option<u64>,
+    /// AMQP heartbeat proposed to clients, in seconds; 0 proposes none [default: 60].
+    #[arg(long, env = "FERRY_AMQP_HEARTBEAT_S", value_name = "SECONDS")]
+    pub amqp_heartbeat_s: Option<u16>,
+    /// Time from an AMQP connection's accept to connection.open, in ms [default: 10000].
+    #[arg(long, env = "FERRY_AMQP_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub amqp_handshake_timeout_ms: Option<u64>,
+    /// Time the rest of an AMQP frame may take once its first byte arrived, in ms [default: 30000].
+    #[arg(long, env = "FERRY_AMQP_FRAME_TIMEOUT_MS", value_name = "MS")]
+    pub amqp_frame_timeout_ms: Option<u64>,
+    /// Unacknowledged deliveries of an AMQP consumer with prefetch 0 [default: 65535].
+    #[arg(long, env = "FERRY_AMQP_CONSUMER_UNACKED_MAX", value_name = "N")]
+    pub amqp_consumer_unacked_max: Option<u32>,
+    /// Open SQS connections; more get a 503 and are closed [default: 1000].
+    #[arg(long, env = "FERRY_SQS_CONNECTIONS_MAX", value_name = "N")]
+    pub sqs_connections_max: Option<usize>,
+    /// Largest SQS request body, in bytes [default: 4194304].
+    #[arg(long, env = "FERRY_SQS_REQUEST_BYTES_MAX", value_name = "BYTES")]
+    pub sqs_request_bytes_max: Option<usize>,
+    /// Time an SQS connection has to send a request's headers, and the longest idle keep-alive, in ms [default: 60000].
+    #[arg(long, env = "FERRY_SQS_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub sqs_idle_timeout_ms: Option<u64>,
+    /// Time an SQS request's body has to arrive after its headers, in ms [default: 30000].
+    #[arg(long, env = "FERRY_SQS_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub sqs_body_timeout_ms: Option<u64>,
+    /// Open admin HTTP connections; more get a 503 and are closed [default: 100].
+    #[arg(long, env = "FERRY_HTTP_CONNECTIONS_MAX", value_name = "N")]
+    pub http_connections_max: Option<usize>,
+    /// Time an admin HTTP connection has to send a request's headers, and the longest idle keep-alive, in ms [default: 60000].
+    #[arg(long, env = "FERRY_HTTP_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Time an admin HTTP request's body has to arrive after its headers, in ms [default: 30000].
+    #[arg(long, env = "FERRY_HTTP_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub http_body_timeout_ms: Option<u64>,
     /// How often retention deletes old segments, in ms [default: 60000].
     #[arg(long, env = "FERRY_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -156,6 +217,10 @@ struct FileKafka {
     listen: Option<String>,
     advertised: Option<String>,
     request_bytes_max: Option<usize>,
+    connections_max: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    fetch_bytes_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +233,14 @@ struct FileAmqp {
     users: Option<Vec<UserSpec>>,
     /// Users allowed to connect from loopback addresses only.
     loopback_users: Option<Vec<String>>,
+    connections_max: Option<usize>,
+    channel_max: Option<u16>,
+    frame_max: Option<u32>,
+    message_bytes_max: Option<u64>,
+    heartbeat_s: Option<u16>,
+    handshake_timeout_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
+    consumer_unacked_max: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,12 +250,19 @@ struct FileSqs {
     advertised: Option<String>,
     region: Option<String>,
     account_id: Option<String>,
+    connections_max: Option<usize>,
+    request_bytes_max: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileHttp {
     listen: Option<String>,
+    connections_max: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,12 +280,27 @@ pub struct Settings {
     pub kafka_listen: String,
     pub kafka_advertised: Option<String>,
     pub kafka_request_bytes_max: usize,
+    pub kafka_connections_max: usize,
+    pub kafka_idle_timeout: Duration,
+    pub kafka_request_timeout: Duration,
+    pub kafka_fetch_bytes_max: usize,
     pub amqp_listen: String,
+    pub amqp_connections_max: usize,
+    pub amqp_channel_max: u16,
+    pub amqp_frame_max: u32,
+    pub amqp_message_bytes_max: u64,
+    pub amqp_heartbeat_s: u16,
+    pub amqp_handshake_timeout: Duration,
+    pub amqp_frame_timeout: Duration,
+    pub amqp_consumer_unacked_max: u32,
     pub sqs_listen: String,
     pub sqs_advertised: Option<String>,
     pub sqs_region: String,
     pub sqs_account_id: String,
+    pub sqs_request_bytes_max: usize,
+    pub sqs_limits: HttpLimits,
     pub http_listen: String,
+    pub http_limits: HttpLimits,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
@@ -263,6 +358,28 @@ impl Settings {
                 i32::MAX
             );
         }
+        let kafka_fetch_bytes_max = pick(
+            args.kafka_fetch_bytes_max,
+            file.kafka.fetch_bytes_max,
+            DEFAULT_KAFKA_FETCH_BYTES_MAX,
+        );
+        if !(1..=i32::MAX as usize).contains(&kafka_fetch_bytes_max) {
+            bail!(
+                "kafka fetch_bytes_max must be 1 to {} (Kafka sizes are 32-bit)",
+                i32::MAX
+            );
+        }
+        let amqp_frame_max = pick(args.amqp_frame_max, file.amqp.frame_max, 131_072);
+        if amqp_frame_max < ferry_amqp::FRAME_MIN_SIZE {
+            bail!(
+                "amqp frame_max must be at least {} (AMQP 0-9-1's frame-min-size)",
+                ferry_amqp::FRAME_MIN_SIZE
+            );
+        }
+        let amqp_channel_max = pick(args.amqp_channel_max, file.amqp.channel_max, 2047);
+        if amqp_channel_max == 0 {
+            bail!("amqp channel_max must be at least 1");
+        }
         let resource_limits = resource_limits(args, &file)?;
         let amqp_vhosts = amqp_vhosts(&file.amqp)?;
         let amqp_access = Arc::new(amqp_access(&file.amqp)?);
@@ -279,6 +396,56 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_string()),
             kafka_advertised: args.kafka_advertised.clone().or(file.kafka.advertised),
             kafka_request_bytes_max: request_bytes_max,
+            kafka_connections_max: connections_max(
+                "kafka",
+                args.kafka_connections_max,
+                file.kafka.connections_max,
+                10_000,
+            )?,
+            kafka_idle_timeout: timeout(
+                "kafka idle_timeout_ms",
+                args.kafka_idle_timeout_ms,
+                file.kafka.idle_timeout_ms,
+                600_000,
+            )?,
+            kafka_request_timeout: timeout(
+                "kafka request_timeout_ms",
+                args.kafka_request_timeout_ms,
+                file.kafka.request_timeout_ms,
+                30_000,
+            )?,
+            kafka_fetch_bytes_max,
+            amqp_connections_max: connections_max(
+                "amqp",
+                args.amqp_connections_max,
+                file.amqp.connections_max,
+                10_000,
+            )?,
+            amqp_channel_max,
+            amqp_frame_max,
+            amqp_message_bytes_max: pick(
+                args.amqp_message_bytes_max,
+                file.amqp.message_bytes_max,
+                128 * 1024 * 1024,
+            ),
+            amqp_heartbeat_s: pick(args.amqp_heartbeat_s, file.amqp.heartbeat_s, 60),
+            amqp_handshake_timeout: timeout(
+                "amqp handshake_timeout_ms",
+                args.amqp_handshake_timeout_ms,
+                file.amqp.handshake_timeout_ms,
+                10_000,
+            )?,
+            amqp_frame_timeout: timeout(
+                "amqp frame_timeout_ms",
+                args.amqp_frame_timeout_ms,
+                file.amqp.frame_timeout_ms,
+                30_000,
+            )?,
+            amqp_consumer_unacked_max: pick(
+                args.amqp_consumer_unacked_max,
+                file.amqp.consumer_unacked_max,
+                u32::from(u16::MAX),
+            ),
             amqp_listen: args
                 .amqp_listen
                 .clone()
@@ -300,11 +467,56 @@ impl Settings {
                 .clone()
                 .or(file.sqs.account_id)
                 .unwrap_or_else(|| DEFAULT_SQS_ACCOUNT_ID.to_string()),
+            sqs_request_bytes_max: pick(
+                args.sqs_request_bytes_max,
+                file.sqs.request_bytes_max,
+                4 * 1024 * 1024,
+            ),
+            sqs_limits: HttpLimits {
+                connections_max: connections_max(
+                    "sqs",
+                    args.sqs_connections_max,
+                    file.sqs.connections_max,
+                    1000,
+                )?,
+                idle_timeout: timeout(
+                    "sqs idle_timeout_ms",
+                    args.sqs_idle_timeout_ms,
+                    file.sqs.idle_timeout_ms,
+                    60_000,
+                )?,
+                body_timeout: timeout(
+                    "sqs body_timeout_ms",
+                    args.sqs_body_timeout_ms,
+                    file.sqs.body_timeout_ms,
+                    30_000,
+                )?,
+            },
             http_listen: args
                 .http_listen
                 .clone()
                 .or(file.http.listen)
                 .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string()),
+            http_limits: HttpLimits {
+                connections_max: connections_max(
+                    "http",
+                    args.http_connections_max,
+                    file.http.connections_max,
+                    100,
+                )?,
+                idle_timeout: timeout(
+                    "http idle_timeout_ms",
+                    args.http_idle_timeout_ms,
+                    file.http.idle_timeout_ms,
+                    60_000,
+                )?,
+                body_timeout: timeout(
+                    "http body_timeout_ms",
+                    args.http_body_timeout_ms,
+                    file.http.body_timeout_ms,
+                    30_000,
+                )?,
+            },
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.topics.auto_create)
@@ -325,6 +537,37 @@ impl Settings {
             amqp_access,
         })
     }
+}
+
+/// A flag, else the file's value, else the default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+fn connections_max(
+    listener: &str,
+    flag: Option<usize>,
+    file: Option<usize>,
+    default: usize,
+) -> anyhow::Result<usize> {
+    let max = pick(flag, file, default);
+    if max == 0 {
+        bail!("{listener} connections_max must be at least 1");
+    }
+    Ok(max)
+}
+
+fn timeout(
+    name: &str,
+    flag: Option<u64>,
+    file: Option<u64>,
+    default_ms: u64,
+) -> anyhow::Result<Duration> {
+    let ms = pick(flag, file, default_ms);
+    if ms == 0 {
+        bail!("{name} must be at least 1 ms");
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn amqp_vhosts(file: &FileAmqp) -> anyhow::Result<Vec<String>> {
@@ -652,6 +895,54 @@ read = ".*"
         assert_eq!(Settings::resolve(&flag).unwrap().http_listen, "127.0.0.1:0");
         let d = Settings::resolve(&ServeArgs::default()).unwrap();
         assert_eq!(d.http_listen, DEFAULT_HTTP_LISTEN);
+    }
+
+    #[test]
+    fn listener_limits_from_flags_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nconnections_max = 50\nidle_timeout_ms = 1000\n\
+             [amqp]\nchannel_max = 16\nframe_max = 8192\nconsumer_unacked_max = 10\n\
+             [sqs]\nbody_timeout_ms = 500\n[http]\nconnections_max = 5\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            kafka_connections_max: Some(60),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.kafka_connections_max, 60);
+        assert_eq!(s.kafka_idle_timeout, Duration::from_secs(1));
+        assert_eq!(s.kafka_request_timeout, Duration::from_secs(30));
+        assert_eq!((s.amqp_channel_max, s.amqp_frame_max), (16, 8192));
+        assert_eq!(s.amqp_consumer_unacked_max, 10);
+        assert_eq!(s.sqs_limits.body_timeout, Duration::from_millis(500));
+        assert_eq!(s.sqs_limits.connections_max, 1000);
+        assert_eq!(s.http_limits.connections_max, 5);
+        let d = Settings::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(d.amqp_connections_max, 10_000);
+        assert_eq!(d.kafka_fetch_bytes_max, 55 << 20);
+        assert_eq!(d.amqp_consumer_unacked_max, 65535);
+
+        let err = |args: ServeArgs| format!("{:#}", Settings::resolve(&args).unwrap_err());
+        let e = err(ServeArgs {
+            amqp_frame_max: Some(100),
+            ..ServeArgs::default()
+        });
+        assert!(e.contains("frame_max"), "{e}");
+        let e = err(ServeArgs {
+            sqs_connections_max: Some(0),
+            ..ServeArgs::default()
+        });
+        assert!(e.contains("sqs connections_max"), "{e}");
+        let e = err(ServeArgs {
+            http_idle_timeout_ms: Some(0),
+            ..ServeArgs::default()
+        });
+        assert!(e.contains("http idle_timeout_ms"), "{e}");
     }
 
     #[test]

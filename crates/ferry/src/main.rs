@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod config;
+mod http_listener;
 mod serve;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -29,7 +30,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
-    Serve(config::ServeArgs),
+    // Boxed: its many flags make it far larger than the other commands.
+    Serve(Box<config::ServeArgs>),
     /// Measure a broker (Ferry or another) with a load generator: `ferry bench amqp`.
     Bench(bench::BenchArgs),
     #[command(flatten)]
@@ -46,7 +48,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => return usage_error(e),
     };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => return bench::run(args),
         Command::Client(command) => return cli::run(command),
     };

@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, ServeArgs, Settings, split_host_port};
+use crate::http_listener;
 
 fn init_logging(format: LogFormat) {
     // FERRY_LOG takes tracing's filter syntax, e.g. "info,ferry_kafka=debug".
@@ -62,7 +63,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         bind("kafka", &settings.kafka_listen, "--kafka-listen").await?;
     let (amqp_listener, amqp_addr) = bind("amqp", &settings.amqp_listen, "--amqp-listen").await?;
     let (sqs_listener, sqs_addr) = bind("sqs", &settings.sqs_listen, "--sqs-listen").await?;
-    let (http_listener, http_addr) = bind("http", &settings.http_listen, "--http-listen").await?;
+    let (admin_listener, http_addr) = bind("http", &settings.http_listen, "--http-listen").await?;
 
     let data_dir = settings.data_dir.display().to_string();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -83,6 +84,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let mut kafka_config = KafkaConfig::new(adv_host, adv_port);
     kafka_config.request_bytes_max = settings.kafka_request_bytes_max;
+    kafka_config.connections_max = settings.kafka_connections_max;
+    kafka_config.connection_idle_ms = settings.kafka_idle_timeout.as_millis() as u64;
+    kafka_config.request_read_timeout_ms = settings.kafka_request_timeout.as_millis() as u64;
+    kafka_config.fetch_bytes_max = settings.kafka_fetch_bytes_max;
 
     for vhost in &settings.amqp_vhosts {
         broker.messaging().add_vhost(vhost);
@@ -98,8 +103,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     tracing::info!("kafka listening on {kafka_addr}");
     let amqp_config = ferry_amqp::AmqpConfig {
+        frame_max: settings.amqp_frame_max,
+        channel_max: settings.amqp_channel_max,
+        heartbeat_s: settings.amqp_heartbeat_s,
+        message_bytes_max: settings.amqp_message_bytes_max,
+        handshake_timeout: settings.amqp_handshake_timeout,
+        frame_timeout: settings.amqp_frame_timeout,
+        connections_max: settings.amqp_connections_max,
+        consumer_unacked_max: settings.amqp_consumer_unacked_max,
         access: settings.amqp_access.clone(),
-        ..ferry_amqp::AmqpConfig::default()
     };
     let amqp = tokio::spawn(ferry_amqp::serve_with_alarm(
         amqp_listener,
@@ -113,9 +125,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     sqs_config.region = settings.sqs_region.clone();
     sqs_config.account_id = settings.sqs_account_id.clone();
     sqs_config.alarms = broker.alarms();
+    sqs_config.request_bytes_max = settings.sqs_request_bytes_max;
     let sqs_state = ferry_sqs::Sqs::open(broker.messaging().clone(), sqs_config)
         .context("cannot start the SQS front end")?;
-    let sqs = tokio::spawn(ferry_sqs::serve(sqs_listener, sqs_state));
+    let sqs = tokio::spawn(http_listener::serve(
+        "sqs",
+        sqs_listener,
+        ferry_sqs::router(sqs_state, sqs_addr),
+        settings.sqs_limits,
+    ));
     tracing::info!("sqs listening on {sqs_addr}");
     let listeners = [
         ("kafka", kafka_addr),
@@ -130,7 +148,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     })
     .collect();
     let admin = ferry_http::Admin::new(broker.clone(), ferry_http::HttpConfig { listeners });
-    let http = tokio::spawn(ferry_http::serve(http_listener, admin));
+    let rates = tokio::spawn(ferry_http::run_rates(admin.clone()));
+    let http = tokio::spawn(http_listener::serve(
+        "http",
+        admin_listener,
+        ferry_http::router(admin),
+        settings.http_limits,
+    ));
     tracing::info!("http listening on {http_addr}");
 
     tokio::select! {
@@ -141,6 +165,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     amqp.abort();
     sqs.abort();
     http.abort();
+    rates.abort();
     maintenance.abort();
     resource_monitor.abort();
     group_timers.abort();

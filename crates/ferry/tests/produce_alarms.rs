@@ -13,15 +13,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::sqs::call as sqs;
 use common::tmpfs::Tmpfs;
 use common::{Server, api, encode_batch, now_ms, record};
 use kafka_protocol::records::Compression;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A tmpfs of 16 MiB with an 8 MiB disk limit: the alarm goes up once a
 /// 10 MiB file is written, and clears when the tmpfs grows to 64 MiB.
@@ -94,26 +93,6 @@ fn kafka_produce_is_held_during_a_disk_alarm_and_stored_when_it_clears() {
         ["before", "held"]
     );
     assert!(server.terminate().success());
-}
-
-/// One SQS JSON-protocol call on a fresh connection: (status, body).
-fn sqs(addr: SocketAddr, action: &str, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSQS.{action}\r\n\
-         Content-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let (_, json) = response.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(json).unwrap())
 }
 
 #[test]

@@ -85,7 +85,9 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
         });
     }
 
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+    let max_bytes = usize::try_from(req.max_bytes)
+        .unwrap_or(0)
+        .min(ctx.config.fetch_bytes_max);
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
     let wait_ms = u64::try_from(req.max_wait_ms)
         .unwrap_or(0)

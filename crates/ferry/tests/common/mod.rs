@@ -212,17 +212,8 @@ impl Client {
     pub fn try_call<R: Request>(&mut self, req: &R, version: i16) -> std::io::Result<R::Response> {
         self.correlation_id += 1;
         let api_key = ApiKey::try_from(R::KEY).expect("api key");
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("ferry-tests"));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api_key.request_header_version(version))
-            .expect("encode header");
-        req.encode(&mut body, version).expect("encode request");
-        self.send_frame(&body)?;
+        self.stream
+            .write_all(&request_frame(req, version, self.correlation_id))?;
         let mut frame = self.read_frame()?;
         let response_header_version = if api_key == ApiKey::ApiVersions {
             0
@@ -257,6 +248,25 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.stream.read(&mut b), Ok(0) | Err(_))
     }
+}
+
+/// A whole request frame, size prefix included, as `Client` sends it.
+pub fn request_frame<R: Request>(req: &R, version: i16, correlation_id: i32) -> Vec<u8> {
+    let api_key = ApiKey::try_from(R::KEY).expect("api key");
+    let mut header = RequestHeader::default();
+    header.request_api_key = R::KEY;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("ferry-tests"));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, api_key.request_header_version(version))
+        .expect("encode header");
+    req.encode(&mut body, version).expect("encode request");
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
@@ -422,6 +432,24 @@ pub mod api {
         max_bytes: i32,
         max_wait_ms: i32,
     ) -> (i16, i64, Bytes) {
+        let req = fetch_request(topic, partition, offset, max_bytes, max_wait_ms);
+        let resp = client.call(&req, 12);
+        let d = &resp.responses[0].partitions[0];
+        (
+            d.error_code,
+            d.high_watermark,
+            d.records.clone().unwrap_or_default(),
+        )
+    }
+
+    /// A Fetch (v12) of one partition, from `offset`, up to `max_bytes`.
+    pub fn fetch_request(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> FetchRequest {
         let mut p = FetchPartition::default();
         p.partition = partition;
         p.fetch_offset = offset;
@@ -436,13 +464,7 @@ pub mod api {
         req.max_bytes = max_bytes;
         req.session_epoch = -1;
         req.topics = vec![t];
-        let resp = client.call(&req, 12);
-        let d = &resp.responses[0].partitions[0];
-        (
-            d.error_code,
-            d.high_watermark,
-            d.records.clone().unwrap_or_default(),
-        )
+        req
     }
 
     /// Reads a whole partition from `from` to its high watermark.
@@ -527,6 +549,7 @@ pub mod idempotent {
 }
 
 pub mod amqp;
+pub mod sqs;
 pub mod tmpfs;
 
 impl Server {
@@ -538,6 +561,11 @@ impl Server {
     /// The SQS listener's address, from the `sqs listening on` log line.
     pub fn sqs(&self) -> SocketAddr {
         self.listener("sqs")
+    }
+
+    /// The admin HTTP listener's address, from the `http listening on` log line.
+    pub fn http(&self) -> SocketAddr {
+        self.listener("http")
     }
 
     /// A listener's address, from its `<protocol> listening on` log line.
