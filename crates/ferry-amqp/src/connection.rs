@@ -32,7 +32,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::auth::{self, AuthFailure, MECHANISMS};
 use crate::credit::Credit;
@@ -50,10 +50,18 @@ const READ_AHEAD_BATCHES: usize = 8;
 const READ_BATCH_FRAMES_MAX: usize = 64;
 /// Encoded chunks queued for the socket before the connection task waits.
 const WRITE_QUEUE_CHUNKS: usize = 64;
+/// And their bytes: with `DELIVERY_QUEUE_BYTES_MAX`, this bounds what a
+/// client that does not read can make the server hold, whatever the size of
+/// the messages it consumes (counts of chunks and batches alone let hundreds
+/// of megabytes of large messages pile up). A single larger chunk or batch
+/// still goes through, alone.
+const WRITE_QUEUE_BYTES_MAX: usize = 8 << 20;
 /// The writer joins queued chunks into one write up to about this size.
 const WRITE_JOIN_BYTES_MAX: usize = 256 * 1024;
 /// Delivery batches consumer tasks may queue for the connection task.
 const DELIVERY_QUEUE_MAX: usize = 256;
+/// And the bytes of their bodies.
+const DELIVERY_QUEUE_BYTES_MAX: usize = 8 << 20;
 /// Deliveries a consumer task takes from its queue at once (when that many
 /// are ready and its prefetch allows).
 const DELIVERY_BATCH_MAX: usize = 64;
@@ -96,12 +104,23 @@ enum ConsumerEvent {
         queue: Arc<Queue>,
         deliveries: Vec<Delivery>,
         channel_credit: Option<Arc<Credit>>,
+        /// The bodies' share of `DELIVERY_QUEUE_BYTES_MAX`, given back
+        /// once they are encoded.
+        bytes: OwnedSemaphorePermit,
     },
     /// The engine ended the consumer; credit taken for nothing is returned.
     Ended {
         consumer: u64,
         channel_credit: Option<Arc<Credit>>,
     },
+}
+
+/// Where consumer tasks hand their deliveries to the connection task: a
+/// queue bounded in batches, and in body bytes by `bytes`.
+#[derive(Clone)]
+struct DeliveryQueue {
+    tx: mpsc::Sender<ConsumerEvent>,
+    bytes: Arc<Semaphore>,
 }
 
 struct ConfirmDone {
@@ -223,13 +242,15 @@ struct Conn {
     next_generation: u64,
     out: BytesMut,
     wrote_since_tick: bool,
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    /// Bytes queued for the writer (`WRITE_QUEUE_BYTES_MAX`).
+    write_budget: Arc<Semaphore>,
     frames: mpsc::Receiver<ReadEvent>,
     /// Frames received from the reader and not handled yet.
     read_ahead: VecDeque<RawFrame>,
     frame_limit: Arc<AtomicU32>,
     last_read_ms: Arc<AtomicU64>,
-    deliveries_tx: mpsc::Sender<ConsumerEvent>,
+    deliveries_tx: DeliveryQueue,
     deliveries: mpsc::Receiver<ConsumerEvent>,
     replies_tx: mpsc::Sender<DirectReply>,
     replies: mpsc::Receiver<DirectReply>,
@@ -337,11 +358,15 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         out: BytesMut::with_capacity(64 * 1024),
         wrote_since_tick: false,
         writer,
+        write_budget: Arc::new(Semaphore::new(WRITE_QUEUE_BYTES_MAX)),
         frames,
         read_ahead: VecDeque::new(),
         frame_limit,
         last_read_ms,
-        deliveries_tx,
+        deliveries_tx: DeliveryQueue {
+            tx: deliveries_tx,
+            bytes: Arc::new(Semaphore::new(DELIVERY_QUEUE_BYTES_MAX)),
+        },
         deliveries,
         replies_tx,
         replies,
@@ -433,19 +458,24 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>) {
     let mut joined = BytesMut::new();
-    while let Some(chunk) = rx.recv().await {
+    // The write budget of the chunks being written, given back once they are.
+    let mut written = Vec::new();
+    while let Some((chunk, permit)) = rx.recv().await {
+        written.push(permit);
         // Chunks that queued up while the last write was in progress go out
         // together, in one write.
         let chunk = match rx.try_recv() {
-            Ok(next) => {
+            Ok((next, permit)) => {
+                written.push(permit);
                 joined.clear();
                 joined.extend_from_slice(&chunk);
                 joined.extend_from_slice(&next);
                 while joined.len() < WRITE_JOIN_BYTES_MAX
-                    && let Ok(more) = rx.try_recv()
+                    && let Ok((more, permit)) = rx.try_recv()
                 {
+                    written.push(permit);
                     joined.extend_from_slice(&more);
                 }
                 &joined[..]
@@ -455,6 +485,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
         if wr.write_all(chunk).await.is_err() {
             return;
         }
+        written.clear();
     }
     let _ = wr.shutdown().await;
 }
@@ -509,7 +540,12 @@ impl Conn {
         }
         let chunk = self.out.split().freeze();
         self.wrote_since_tick = true;
-        if self.writer.send(chunk).await.is_err() {
+        let share = chunk.len().min(WRITE_QUEUE_BYTES_MAX) as u32;
+        let Ok(permit) = self.write_budget.clone().acquire_many_owned(share).await else {
+            self.done = true;
+            return;
+        };
+        if self.writer.send((chunk, permit)).await.is_err() {
             self.done = true;
         }
     }
@@ -2372,6 +2408,7 @@ impl Conn {
                 queue,
                 deliveries,
                 channel_credit,
+                bytes: _encoded_before_release,
             } => {
                 let credited = channel_credit.is_some();
                 let target = self
@@ -2616,7 +2653,7 @@ async fn consumer_loop(
     id: u64,
     queue: Arc<Queue>,
     limits: Option<(Arc<Credit>, Arc<Credit>)>,
-    tx: mpsc::Sender<ConsumerEvent>,
+    tx: DeliveryQueue,
     mut stop: watch::Receiver<bool>,
     no_ack: bool,
 ) {
@@ -2659,6 +2696,7 @@ async fn consumer_loop(
         }
         if deliveries.is_empty() {
             let _ = tx
+                .tx
                 .send(ConsumerEvent::Ended {
                     consumer: id,
                     channel_credit,
@@ -2666,13 +2704,26 @@ async fn consumer_loop(
                 .await;
             break;
         }
+        // Waits while the connection task has too many bytes to encode (a
+        // client that does not read); the semaphore is never closed, and
+        // whatever the connection task leaves unhandled when it ends is
+        // dropped with its queue, which releases the bytes.
+        let share = deliveries
+            .iter()
+            .map(|d| d.message.body.len())
+            .sum::<usize>()
+            .clamp(1, DELIVERY_QUEUE_BYTES_MAX) as u32;
+        let Ok(bytes) = tx.bytes.clone().acquire_many_owned(share).await else {
+            break;
+        };
         let ev = ConsumerEvent::Deliveries {
             consumer: id,
             queue: queue.clone(),
             deliveries,
             channel_credit,
+            bytes,
         };
-        if let Err(mpsc::error::SendError(ev)) = tx.send(ev).await {
+        if let Err(mpsc::error::SendError(ev)) = tx.tx.send(ev).await {
             // The connection is gone: put them back.
             if let ConsumerEvent::Deliveries { deliveries, .. } = ev
                 && !no_ack
