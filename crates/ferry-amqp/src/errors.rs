@@ -110,9 +110,9 @@ impl From<MessagingError> for AmqpError {
     fn from(e: MessagingError) -> Self {
         match &e {
             MessagingError::NotFound { .. } => AmqpError::channel(NOT_FOUND, &e),
-            MessagingError::PreconditionFailed(_) | MessagingError::InvalidArgument { .. } => {
-                AmqpError::channel(PRECONDITION_FAILED, &e)
-            }
+            MessagingError::PreconditionFailed(_)
+            | MessagingError::InvalidArgument { .. }
+            | MessagingError::LimitReached(_) => AmqpError::channel(PRECONDITION_FAILED, &e),
             MessagingError::ResourceLocked(_) => AmqpError::channel(RESOURCE_LOCKED, &e),
             MessagingError::AccessRefused(_) => AmqpError::channel(ACCESS_REFUSED, &e),
             // Only publishes see QueueFull, and they turn it into a nack;

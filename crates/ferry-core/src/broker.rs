@@ -58,6 +58,13 @@ pub struct BrokerConfig {
     pub queue_segment_bytes: u64,
     /// Disk and memory limits of the resource alarms (`alarm.rs`).
     pub resource_limits: ResourceLimits,
+    /// Partitions of all topics together. Each holds open files, so
+    /// without a limit a client creating topics (auto-creation on Metadata
+    /// included) could use up the broker's file descriptors.
+    pub partitions_max: usize,
+    /// Queues (AMQP and SQS) per vhost, RabbitMQ's vhost `max-queues`; the
+    /// same reason.
+    pub queues_per_vhost_max: usize,
 }
 
 impl BrokerConfig {
@@ -71,6 +78,8 @@ impl BrokerConfig {
             groups: GroupConfig::default(),
             queue_segment_bytes: MessagingConfig::default().queue_segment_bytes,
             resource_limits: ResourceLimits::default(),
+            partitions_max: 10_000,
+            queues_per_vhost_max: MessagingConfig::default().queues_per_vhost_max,
         }
     }
 }
@@ -187,6 +196,7 @@ impl Broker {
         let messaging_config = MessagingConfig {
             fsync: topic_config::log_config(&config.topic_defaults, &BTreeMap::new()).fsync,
             queue_segment_bytes: config.queue_segment_bytes,
+            queues_per_vhost_max: config.queues_per_vhost_max,
             ..MessagingConfig::default()
         };
         let queues_dir = dir.join("queues");
@@ -443,6 +453,7 @@ impl Broker {
                 "number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}, not {partitions}"
             )));
         }
+        self.check_partitions_room(partitions)?;
         topic_config::validate_all(configs)?;
         let record = TopicRecord {
             id: Uuid::new_v4(),
@@ -487,6 +498,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether `adding` more partitions stay within `partitions_max`.
+    fn check_partitions_room(&self, adding: u32) -> Result<(), CoreError> {
+        let open: usize = read_lock(&self.topics)
+            .values()
+            .map(|t| t.partition_count())
+            .sum();
+        let max = self.config.partitions_max;
+        if open + adding as usize > max {
+            return Err(CoreError::InvalidPartitions(format!(
+                "the broker has {open} partitions and a limit of {max} (partitions_max); {adding} more do not fit"
+            )));
+        }
+        Ok(())
+    }
+
     /// Grows a topic to `total` partitions (Kafka's CreatePartitions).
     pub fn create_partitions(
         &self,
@@ -509,6 +535,7 @@ impl Broker {
                 "number of partitions must be at most {PARTITIONS_PER_TOPIC_MAX}, not {total}"
             )));
         }
+        self.check_partitions_room(total - current)?;
         if validate_only {
             return Ok(());
         }

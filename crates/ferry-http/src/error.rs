@@ -90,9 +90,10 @@ impl From<ferry_core::messaging::MessagingError> for ApiError {
         let message = e.to_string();
         match e {
             M::NotFound { .. } => ApiError::not_found(message),
-            M::PreconditionFailed(_) | M::ResourceLocked(_) | M::QueueFull(_) => {
-                ApiError::conflict(message)
-            }
+            M::PreconditionFailed(_)
+            | M::ResourceLocked(_)
+            | M::QueueFull(_)
+            | M::LimitReached(_) => ApiError::conflict(message),
             M::AccessRefused(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             M::InvalidArgument { .. } => ApiError::bad_request(message),
             M::Storage(_) => ApiError::internal(message),

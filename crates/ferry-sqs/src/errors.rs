@@ -178,7 +178,9 @@ impl From<MessagingError> for SqsError {
     fn from(e: MessagingError) -> Self {
         match e {
             MessagingError::NotFound { .. } => no_queue(),
-            MessagingError::QueueFull(_) => err(Code::OverLimit, e.to_string()),
+            MessagingError::QueueFull(_) | MessagingError::LimitReached(_) => {
+                err(Code::OverLimit, e.to_string())
+            }
             MessagingError::Storage(_) => internal(e),
             other => err(Code::InvalidParameterValue, other.to_string()),
         }

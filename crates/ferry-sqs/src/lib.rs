@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use ferry_core::alarm::ResourceAlarms;
-use ferry_core::messaging::{Messaging, Queue};
+use ferry_core::messaging::{Messaging, MessagingError, Queue};
 use tokio::sync::{Notify, watch};
 
-use crate::errors::{Code, SqsResult, err, no_queue};
+use crate::errors::{Code, SqsError, SqsResult, err, no_queue};
 use crate::http::SqsRequest;
 use crate::store::{DedupEntry, QueueMeta, Store};
 
@@ -321,11 +321,12 @@ impl Sqs {
         self.messaging
             .declare_queue(&self.config.vhost, spec, false, CONNECTION)
             .map(|_| ())
-            .map_err(|e| {
-                err(
+            .map_err(|e| match e {
+                MessagingError::LimitReached(_) => SqsError::from(e),
+                e => err(
                     Code::QueueNameExists,
                     format!("A queue named {name} already exists with different settings: {e}"),
-                )
+                ),
             })
     }
 

@@ -143,6 +143,12 @@ pub struct ServeArgs {
     /// Time an admin HTTP request's body has to arrive after its headers, in ms [default: 30000].
     #[arg(long, env = "FERRY_HTTP_BODY_TIMEOUT_MS", value_name = "MS")]
     pub http_body_timeout_ms: Option<u64>,
+    /// Partitions of all topics together; creating more fails with INVALID_PARTITIONS [default: 10000].
+    #[arg(long, env = "FERRY_PARTITIONS_MAX", value_name = "N")]
+    pub partitions_max: Option<usize>,
+    /// Queues (AMQP and SQS) per vhost; declaring more fails (AMQP 406, SQS OverLimit) [default: 10000].
+    #[arg(long, env = "FERRY_QUEUES_PER_VHOST_MAX", value_name = "N")]
+    pub queues_per_vhost_max: Option<usize>,
     /// How often retention deletes old segments, in ms [default: 60000].
     #[arg(long, env = "FERRY_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -200,6 +206,7 @@ struct FileConfig {
     groups: FileGroups,
     disk_free_limit: Option<toml::Value>,
     memory_high_watermark: Option<toml::Value>,
+    queues_per_vhost_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +278,7 @@ struct FileTopics {
     auto_create: Option<bool>,
     default_partitions: Option<u32>,
     retention_check_interval_ms: Option<u64>,
+    partitions_max: Option<usize>,
 }
 
 /// Every setting resolved.
@@ -304,6 +312,8 @@ pub struct Settings {
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
+    pub partitions_max: usize,
+    pub queues_per_vhost_max: usize,
     pub topic_defaults: BTreeMap<String, String>,
     pub groups: GroupConfig,
     pub log_format: LogFormat,
@@ -529,6 +539,12 @@ impl Settings {
                 .retention_check_interval_ms
                 .or(file.topics.retention_check_interval_ms)
                 .unwrap_or(60_000),
+            partitions_max: pick(args.partitions_max, file.topics.partitions_max, 10_000),
+            queues_per_vhost_max: pick(
+                args.queues_per_vhost_max,
+                file.queues_per_vhost_max,
+                10_000,
+            ),
             topic_defaults,
             groups: group_config(args, &file.groups)?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -903,7 +919,8 @@ read = ".*"
         let path = dir.path().join("ferry.toml");
         std::fs::write(
             &path,
-            "[kafka]\nconnections_max = 50\nidle_timeout_ms = 1000\n\
+            "queues_per_vhost_max = 7\n[topics]\npartitions_max = 9\n\
+             [kafka]\nconnections_max = 50\nidle_timeout_ms = 1000\n\
              [amqp]\nchannel_max = 16\nframe_max = 8192\nconsumer_unacked_max = 10\n\
              [sqs]\nbody_timeout_ms = 500\n[http]\nconnections_max = 5\n",
         )
@@ -922,10 +939,12 @@ read = ".*"
         assert_eq!(s.sqs_limits.body_timeout, Duration::from_millis(500));
         assert_eq!(s.sqs_limits.connections_max, 1000);
         assert_eq!(s.http_limits.connections_max, 5);
+        assert_eq!((s.partitions_max, s.queues_per_vhost_max), (9, 7));
         let d = Settings::resolve(&ServeArgs::default()).unwrap();
         assert_eq!(d.amqp_connections_max, 10_000);
         assert_eq!(d.kafka_fetch_bytes_max, 55 << 20);
         assert_eq!(d.amqp_consumer_unacked_max, 65535);
+        assert_eq!((d.partitions_max, d.queues_per_vhost_max), (10_000, 10_000));
 
         let err = |args: ServeArgs| format!("{:#}", Settings::resolve(&args).unwrap_err());
         let e = err(ServeArgs {

@@ -57,6 +57,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     broker_config.retention_check_interval_ms = settings.retention_check_interval_ms;
     broker_config.groups = settings.groups.clone();
     broker_config.resource_limits = settings.resource_limits;
+    broker_config.partitions_max = settings.partitions_max;
+    broker_config.queues_per_vhost_max = settings.queues_per_vhost_max;
 
     // Bind before opening the data directory, so a taken port fails fast.
     let (kafka_listener, kafka_addr) =

@@ -49,6 +49,9 @@ const SLACK: Duration = Duration::from_secs(4);
 const SEED_MESSAGES: usize = 10;
 /// Unacknowledged deliveries a prefetch-0 AMQP consumer may hold.
 const CONSUMER_UNACKED_MAX: usize = 300;
+/// Partitions of all topics, and queues per vhost.
+const PARTITIONS_MAX: usize = 40;
+const QUEUES_MAX: usize = 40;
 
 fn hostile_server(dir: &tempfile::TempDir) -> Server {
     let connections_max = CONNECTIONS_MAX.to_string();
@@ -56,6 +59,8 @@ fn hostile_server(dir: &tempfile::TempDir) -> Server {
     let idle = KAFKA_IDLE.as_millis().to_string();
     let request = REQUEST_TIMEOUT.as_millis().to_string();
     let unacked = CONSUMER_UNACKED_MAX.to_string();
+    let partitions = PARTITIONS_MAX.to_string();
+    let queues = QUEUES_MAX.to_string();
     Server::start(
         dir.path(),
         &[
@@ -89,6 +94,10 @@ fn hostile_server(dir: &tempfile::TempDir) -> Server {
             &request,
             "--http-body-timeout-ms",
             &request,
+            "--partitions-max",
+            &partitions,
+            "--queues-per-vhost-max",
+            &queues,
         ],
     )
 }
@@ -436,6 +445,35 @@ fn kafka_listener_survives_hostile_clients() {
     base.check("kafka client that never reads", Duration::ZERO);
     drop(s);
     kafka_healthy(&server, &seed, "client that never reads");
+
+    // A client creating topics without end, explicitly and by asking for
+    // their metadata: refused once the broker holds partitions_max
+    // partitions.
+    let mut c = server.client();
+    let mut created = 0;
+    let refused = loop {
+        match api::create_topic(&mut c, &format!("many-{created}"), 1, &[]) {
+            0 => created += 1,
+            err => break err,
+        }
+        assert!(created <= PARTITIONS_MAX, "{created} topics created");
+    };
+    assert_eq!(refused, 37, "INVALID_PARTITIONS");
+    let mut req = kafka_protocol::messages::MetadataRequest::default();
+    req.topics = Some(vec![
+        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(api::topic_name("one-more"))),
+    ]);
+    req.allow_auto_topic_creation = true;
+    let meta = c.call(&req, 12);
+    assert_ne!(meta.topics[0].error_code, 0, "auto-created past the limit");
+    assert_ne!(
+        api::metadata(&mut c, Some(&["one-more"])).topics[0].error_code,
+        0
+    );
+    drop(c);
+    base.check_memory("kafka topics without end");
+    kafka_healthy(&server, &seed, "topics without end");
 }
 
 /// Pipelines acks=all produce requests of 64 KiB to topic `fast` for
@@ -714,6 +752,45 @@ fn amqp_listener_survives_hostile_clients() {
     drop(consumer);
     amqp_healthy(&server, &seed, "consumers");
     base.check("amqp after the consumers", SLACK);
+
+    // A client declaring queues without end: refused with 406 once the
+    // vhost holds queues_per_vhost_max (the seed and big queues are two).
+    let mut c = Amqp::handshake(addr, &amqp_login());
+    c.open_channel(1);
+    let mut declared = 2;
+    let refused = loop {
+        let name = format!("many-{declared}");
+        let got = c.call(
+            1,
+            AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+                amq_protocol::protocol::queue::Declare {
+                    queue: name.as_str().into(),
+                    passive: false,
+                    durable: true,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: Default::default(),
+                },
+            )),
+        );
+        match got {
+            Ok(_) => declared += 1,
+            Err(closed) => break closed,
+        }
+        assert!(declared <= QUEUES_MAX, "{declared} queues declared");
+    };
+    assert_eq!(declared, QUEUES_MAX);
+    assert_eq!(refused.0, 406, "{}", refused.1);
+    assert!(
+        refused
+            .1
+            .contains("queue limit in vhost '/' (40) is reached"),
+        "{}",
+        refused.1
+    );
+    drop(c);
+    amqp_healthy(&server, &seed, "queues without end");
 }
 
 fn consume(c: &mut Amqp, queue: &str, no_ack: bool) {
@@ -941,6 +1018,25 @@ fn sqs_listener_survives_hostile_clients() {
     }
     base.check("sqs after everything", REQUEST_TIMEOUT + SLACK);
     healthy("the end");
+
+    // A client creating queues without end: OverLimit once the vhost holds
+    // queues_per_vhost_max (the seed queue is one).
+    let mut created = 1;
+    loop {
+        let (status, body) = common::sqs::call(
+            addr,
+            "CreateQueue",
+            &json!({"QueueName": format!("many-{created}")}),
+        );
+        if status != 200 {
+            assert_eq!(body["__type"], "com.amazonaws.sqs#OverLimit", "{body}");
+            break;
+        }
+        created += 1;
+        assert!(created <= QUEUES_MAX, "{created} queues created");
+    }
+    assert_eq!(created, QUEUES_MAX);
+    healthy("queues without end");
 }
 
 #[test]

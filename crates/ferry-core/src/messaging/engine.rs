@@ -58,6 +58,10 @@ pub struct MessagingConfig {
     /// How often the timer expires messages, releases delayed ones, fsyncs
     /// journals and reclaims segments.
     pub timer_tick: Duration,
+    /// Queues per vhost (RabbitMQ's vhost `max-queues`): each holds open
+    /// files, so a client declaring queues without end would use up the
+    /// broker's file descriptors.
+    pub queues_per_vhost_max: usize,
 }
 
 impl Default for MessagingConfig {
@@ -66,6 +70,7 @@ impl Default for MessagingConfig {
             fsync: FsyncPolicy::Always,
             queue_segment_bytes: 8 * 1024 * 1024,
             timer_tick: Duration::from_millis(50),
+            queues_per_vhost_max: 10_000,
         }
     }
 }
@@ -720,6 +725,13 @@ impl Shared {
             }
             spec.name.clone()
         };
+        let max = self.config.queues_per_vhost_max;
+        if topo.queues.len() >= max {
+            // RabbitMQ's text for its vhost limit.
+            return Err(MessagingError::LimitReached(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({max}) is reached"
+            )));
+        }
         let args = parse_queue_args(&spec.arguments, &name, vhost)?;
         let resource = rs("queue", &name, vhost);
         if matches!(args.queue_type(), QueueType::Quorum | QueueType::Stream) {

@@ -315,6 +315,10 @@ pub enum MessagingError {
     /// Disk trouble: 541 INTERNAL_ERROR / nack.
     #[error("storage error: {0}")]
     Storage(String),
+    /// A limit on what clients may create (queues per vhost): 406
+    /// PRECONDITION_FAILED in RabbitMQ, OverLimit in SQS.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 impl MessagingError {
@@ -324,7 +328,8 @@ impl MessagingError {
             MessagingError::NotFound { .. } => 404,
             MessagingError::PreconditionFailed(_)
             | MessagingError::InvalidArgument { .. }
-            | MessagingError::QueueFull(_) => 406,
+            | MessagingError::QueueFull(_)
+            | MessagingError::LimitReached(_) => 406,
             MessagingError::ResourceLocked(_) => 405,
             MessagingError::AccessRefused(_) => 403,
             MessagingError::Storage(_) => 541,
