@@ -243,10 +243,18 @@ class FerryServer:
         code = self.stop()
         if code != 0:
             raise ServerError(f"ferry exited with status {code} on SIGTERM during restart:\n{self.log}")
-        old = self.port
+        self._start_again()
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL, then start again on the same data dir and, when
+        possible, the same ports (clients reconnect to the same addresses)."""
+        self.kill9()
+        self._start_again()
+
+    def _start_again(self) -> None:
         try:
             self.start(
-                listen=f"127.0.0.1:{old}",
+                listen=f"127.0.0.1:{self.port}",
                 amqp_listen=f"127.0.0.1:{self.amqp_port}",
                 sqs_listen=f"127.0.0.1:{self.sqs_port}",
                 http_listen=f"127.0.0.1:{self.http_port}",
