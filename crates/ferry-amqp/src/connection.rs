@@ -20,7 +20,7 @@ use amq_protocol::protocol::{
     AMQPClass, access, basic, channel as chan, confirm, connection, exchange, queue, tx,
 };
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_core::access::{Permission, Resource};
 use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{
@@ -35,6 +35,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::auth::{self, AuthFailure, MECHANISMS};
+use crate::content::Assembly;
 use crate::credit::Credit;
 use crate::errors::*;
 use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Method};
@@ -147,15 +148,6 @@ struct Unacked {
     id: u64,
     consumer: Option<u64>,
     credited: bool,
-}
-
-struct Assembly {
-    exchange: String,
-    routing_key: String,
-    mandatory: bool,
-    props: Option<Props>,
-    body_size: u64,
-    body: BytesMut,
 }
 
 #[derive(Clone, Copy)]
@@ -1259,71 +1251,25 @@ impl Conn {
                         "expected method frame, got non method frame instead",
                     ));
                 };
-                if a.props.is_some() {
-                    return Err(AmqpError::connection(
-                        UNEXPECTED_FRAME,
-                        "expected content body, got non content body frame instead",
-                    )
-                    .at(60, 40));
+                match a.on_header(&f.payload, self.config().message_bytes_max) {
+                    Ok(true) => self.publish_assembled(ch).await,
+                    Ok(false) => Ok(()),
+                    Err(e) => {
+                        // A channel error (too large) leaves the channel
+                        // without a message in assembly.
+                        ch.assembly = None;
+                        Err(e)
+                    }
                 }
-                let mut p = f.payload.clone();
-                if p.len() < 14 {
-                    return Err(
-                        AmqpError::connection(SYNTAX_ERROR, "content header too short").at(60, 40),
-                    );
-                }
-                let class_id = p.get_u16();
-                let _weight = p.get_u16();
-                let body_size = p.get_u64();
-                if class_id != 60 {
-                    return Err(AmqpError::connection(
-                        UNEXPECTED_FRAME,
-                        format!("expected content header for class 60, got one for class {class_id} instead"),
-                    )
-                    .at(60, 40));
-                }
-                let props = Props::parse(p).map_err(|e| {
-                    AmqpError::connection(SYNTAX_ERROR, format!("content properties: {e}"))
-                        .at(60, 40)
-                })?;
-                let max = self.config().message_bytes_max;
-                if body_size > max {
-                    ch.assembly = None;
-                    return Err(AmqpError::precondition(format!(
-                        "message size {body_size} is larger than configured max size {max}"
-                    ))
-                    .at(60, 40));
-                }
-                a.body_size = body_size;
-                a.props = Some(props);
-                // Grow with the frames rather than trusting the header's size.
-                a.body = BytesMut::with_capacity((body_size as usize).min(1 << 20));
-                if body_size == 0 {
-                    return self.publish_assembled(ch).await;
-                }
-                Ok(())
             }
             FRAME_BODY => {
-                let Some(a) = ch.assembly.as_mut().filter(|a| a.props.is_some()) else {
-                    let what = if ch.assembly.is_some() {
-                        "expected content header for class 60, got non content header frame instead"
-                    } else {
-                        "expected method frame, got non method frame instead"
-                    };
-                    return Err(AmqpError::connection(UNEXPECTED_FRAME, what));
-                };
-                if a.body.len() as u64 + f.payload.len() as u64 > a.body_size {
+                let Some(a) = ch.assembly.as_mut() else {
                     return Err(AmqpError::connection(
-                        FRAME_ERROR,
-                        format!(
-                            "content body is longer than the {} bytes its header announced",
-                            a.body_size
-                        ),
-                    )
-                    .at(60, 40));
-                }
-                a.body.extend_from_slice(&f.payload);
-                if a.body.len() as u64 == a.body_size {
+                        UNEXPECTED_FRAME,
+                        "expected method frame, got non method frame instead",
+                    ));
+                };
+                if a.on_body(&f.payload)? {
                     return self.publish_assembled(ch).await;
                 }
                 Ok(())
@@ -1816,14 +1762,11 @@ impl Conn {
                 if p.immediate {
                     return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
                 }
-                ch.assembly = Some(Assembly {
-                    exchange: s_of(&p.exchange),
-                    routing_key: s_of(&p.routing_key),
-                    mandatory: p.mandatory,
-                    props: None,
-                    body_size: 0,
-                    body: BytesMut::new(),
-                });
+                ch.assembly = Some(Assembly::new(
+                    s_of(&p.exchange),
+                    s_of(&p.routing_key),
+                    p.mandatory,
+                ));
                 Ok(())
             }
             basic::AMQPMethod::Get(g) => {

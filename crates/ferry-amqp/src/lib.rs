@@ -9,9 +9,12 @@
 
 mod auth;
 mod connection;
+mod content;
 mod credit;
 mod errors;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod props;
 mod table;
 

@@ -30,7 +30,7 @@ pub(crate) struct Ctx {
 }
 
 /// A request frame holds at least api key, version and correlation id.
-const REQUEST_BYTES_MIN: usize = 8;
+pub(crate) const REQUEST_BYTES_MIN: usize = 8;
 /// After a failed accept (e.g. out of file descriptors), wait before retrying
 /// instead of spinning.
 const ACCEPT_RETRY_MS: u64 = 50;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ferry_core::Broker;
 use tokio::net::TcpListener;
 
+pub use handlers::decode_request;
 pub use versions::SUPPORTED_APIS;
 
 /// Settings of the Kafka listener.

@@ -133,7 +133,10 @@ fn request_timeout() -> Response {
     response
 }
 
-fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<(String, Map<String, Value>), SqsError> {
+pub(crate) fn parse_json(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, Map<String, Value>), SqsError> {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -164,7 +167,7 @@ fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<(String, Map<String, V
     }
 }
 
-fn parse_query(
+pub(crate) fn parse_query(
     method: &Method,
     query: Option<&str>,
     body: &[u8],

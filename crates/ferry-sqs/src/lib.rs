@@ -20,6 +20,8 @@
 //! the request it is answering.
 
 mod errors;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod message;
 mod messages;

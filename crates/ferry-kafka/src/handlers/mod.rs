@@ -17,12 +17,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferry_core::alarm::ResourceAlarms;
 use futures_util::future::BoxFuture;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::sync::watch;
@@ -91,6 +92,72 @@ pub(crate) fn parse_header(frame: &Bytes) -> Result<Request, HeaderError> {
             "malformed {api_key:?} v{version} request header: {e}"
         ))),
     }
+}
+
+/// Decodes a request frame (what follows its size) as the connection does,
+/// without serving it: the header, then the body with the decoder of its API
+/// and version, and for a Produce the record batches as the log validates
+/// them before an append. The entry point of the `kafka_request` fuzz
+/// target, so that the fuzzer runs the server's decoders and no copy of them.
+pub fn decode_request(frame: Bytes) -> Result<(), String> {
+    if frame.len() < crate::connection::REQUEST_BYTES_MIN {
+        return Err("shorter than a request header".to_string());
+    }
+    let request = parse_header(&frame).map_err(|e| e.to_string())?;
+    let version = request.header.request_api_version;
+    let mut body = frame.slice(request.body_start..);
+    fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<(), String> {
+        T::decode(body, version)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    if !versions::is_supported(request.api_key, version) {
+        // Answered (ApiVersions) or closed without looking at the body.
+        return Err("unsupported version".to_string());
+    }
+    match request.api_key {
+        ApiKey::Produce => {
+            let produce = ProduceRequest::decode(&mut body, version).map_err(|e| e.to_string())?;
+            for topic in produce.topic_data {
+                for partition in topic.partition_data {
+                    if let Some(records) = partition.records {
+                        ferry_log::batch::validate_for_append(
+                            &records,
+                            ferry_log::LogConfig::default().max_batch_bytes as usize,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+        ApiKey::ApiVersions => decode::<ApiVersionsRequest>(&mut body, version)?,
+        ApiKey::Fetch => decode::<FetchRequest>(&mut body, version)?,
+        ApiKey::ListOffsets => decode::<ListOffsetsRequest>(&mut body, version)?,
+        ApiKey::Metadata => decode::<MetadataRequest>(&mut body, version)?,
+        ApiKey::DescribeCluster => decode::<DescribeClusterRequest>(&mut body, version)?,
+        ApiKey::CreateTopics => decode::<CreateTopicsRequest>(&mut body, version)?,
+        ApiKey::DeleteTopics => decode::<DeleteTopicsRequest>(&mut body, version)?,
+        ApiKey::CreatePartitions => decode::<CreatePartitionsRequest>(&mut body, version)?,
+        ApiKey::DescribeConfigs => decode::<DescribeConfigsRequest>(&mut body, version)?,
+        ApiKey::AlterConfigs => decode::<AlterConfigsRequest>(&mut body, version)?,
+        ApiKey::IncrementalAlterConfigs => {
+            decode::<IncrementalAlterConfigsRequest>(&mut body, version)?
+        }
+        ApiKey::FindCoordinator => decode::<FindCoordinatorRequest>(&mut body, version)?,
+        ApiKey::JoinGroup => decode::<JoinGroupRequest>(&mut body, version)?,
+        ApiKey::SyncGroup => decode::<SyncGroupRequest>(&mut body, version)?,
+        ApiKey::Heartbeat => decode::<HeartbeatRequest>(&mut body, version)?,
+        ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(&mut body, version)?,
+        ApiKey::OffsetCommit => decode::<OffsetCommitRequest>(&mut body, version)?,
+        ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(&mut body, version)?,
+        ApiKey::ListGroups => decode::<ListGroupsRequest>(&mut body, version)?,
+        ApiKey::DescribeGroups => decode::<DescribeGroupsRequest>(&mut body, version)?,
+        ApiKey::DeleteGroups => decode::<DeleteGroupsRequest>(&mut body, version)?,
+        ApiKey::OffsetDelete => decode::<OffsetDeleteRequest>(&mut body, version)?,
+        ApiKey::InitProducerId => decode::<InitProducerIdRequest>(&mut body, version)?,
+        other => return Err(format!("{other:?} has no handler")),
+    }
+    Ok(())
 }
 
 /// Frames a response: size, header (v0 for ApiVersions, always), body.

@@ -1,0 +1,76 @@
+//! Entry points of the fuzz targets in `fuzz/`: the server's own frame
+//! reader, method parser and content assembly, run on arbitrary bytes with
+//! no connection or broker around them. Not an API for anything else.
+
+use amq_protocol::protocol::{AMQPClass, basic};
+use futures_util::FutureExt;
+
+use crate::AmqpConfig;
+use crate::content::Assembly;
+use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, RawFrame};
+use crate::props::Props;
+
+/// Content header bytes before the property flags: class, weight, body size.
+const HEADER_PREFIX_BYTES: usize = 12;
+
+/// The next frame of `input`, as the connection reads it with the default
+/// `frame_max`; `None` where the connection would stop reading. Reading
+/// from a slice never waits, so the future is ready at once.
+fn next_frame(input: &mut &[u8]) -> Option<RawFrame> {
+    let frame_max = AmqpConfig::default().frame_max;
+    frame::read_frame(input, frame_max).now_or_never()?.ok()
+}
+
+/// Reads frames from `data` until one does not read, parsing each method
+/// and content header.
+pub fn frames(data: &[u8]) {
+    let mut input = data;
+    while let Some(f) = next_frame(&mut input) {
+        match f.kind {
+            FRAME_METHOD => drop(frame::parse_method(&f.payload)),
+            FRAME_HEADER if f.payload.len() >= HEADER_PREFIX_BYTES => {
+                drop(Props::parse(f.payload.slice(HEADER_PREFIX_BYTES..)))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Feeds the frames of `data` to one channel's content assembly, as the
+/// connection does, until a frame would close the connection. Panics if a
+/// message is completed with a body other than the size its header gave.
+pub fn content(data: &[u8]) {
+    let message_bytes_max = AmqpConfig::default().message_bytes_max;
+    let mut assembly: Option<Assembly> = None;
+    let mut input = data;
+    while let Some(f) = next_frame(&mut input) {
+        let step = match (f.kind, assembly.as_mut()) {
+            (FRAME_HEARTBEAT, _) => Ok(false),
+            (FRAME_METHOD, None) => frame::parse_method(&f.payload).map(|m| {
+                if let AMQPClass::Basic(basic::AMQPMethod::Publish(p)) = m.class {
+                    assembly = Some(Assembly::new(
+                        p.exchange.to_string(),
+                        p.routing_key.to_string(),
+                        p.mandatory,
+                    ));
+                }
+                false
+            }),
+            (FRAME_HEADER, Some(a)) => a.on_header(&f.payload, message_bytes_max),
+            (FRAME_BODY, Some(a)) => a.on_body(&f.payload),
+            // A method in the middle of a message, or content without a
+            // publish: the connection closes.
+            _ => return,
+        };
+        match step {
+            Ok(true) => {
+                if let Some(a) = assembly.take() {
+                    assert_eq!(a.body.len() as u64, a.body_size);
+                    assert!(a.props.is_some());
+                }
+            }
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    }
+}
