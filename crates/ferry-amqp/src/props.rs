@@ -448,4 +448,77 @@ mod tests {
             Some(&table::str_value("delay"))
         );
     }
+
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::table::tests::properties::table;
+
+        /// One value per field, of the field's kind; `None` leaves it out.
+        #[derive(Debug, Clone)]
+        enum Value {
+            ShortStr(Vec<u8>),
+            Table(Vec<(String, FieldValue)>),
+            Octet(u8),
+            Timestamp(u64),
+        }
+
+        fn value(kind: Kind) -> BoxedStrategy<Value> {
+            match kind {
+                Kind::ShortStr => vec(any::<u8>(), 0..=255).prop_map(Value::ShortStr).boxed(),
+                Kind::Table => table().prop_map(Value::Table).boxed(),
+                Kind::Octet => any::<u8>().prop_map(Value::Octet).boxed(),
+                Kind::Timestamp => any::<u64>().prop_map(Value::Timestamp).boxed(),
+            }
+        }
+
+        fn encode(v: &Value) -> Vec<u8> {
+            let mut out = BytesMut::new();
+            match v {
+                Value::ShortStr(s) => table::write_short_str(&mut out, s),
+                Value::Table(t) => table::write_table(&mut out, t),
+                Value::Octet(o) => out.put_u8(*o),
+                Value::Timestamp(t) => out.put_u64(*t),
+            }
+            out.to_vec()
+        }
+
+        /// Every field present or not, and the order `with_field` sets them in.
+        fn fields() -> impl Strategy<Value = (Vec<Option<Value>>, Vec<usize>)> {
+            let fields: Vec<_> = KINDS
+                .iter()
+                .map(|&k| proptest::option::of(value(k)))
+                .collect();
+            (fields, Just((0..FIELDS).collect::<Vec<_>>()).prop_shuffle())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Properties set one field at a time, in any order, parse back
+            /// to exactly those fields.
+            #[test]
+            fn fields_set_in_any_order_parse_back((values, order) in fields()) {
+                let mut props = Props::empty();
+                for &i in &order {
+                    let encoded = values[i].as_ref().map(encode);
+                    props = Props::parse(props.with_field(i, encoded.as_deref())).unwrap();
+                }
+                for (i, v) in values.iter().enumerate() {
+                    let want = v.as_ref().map(encode);
+                    prop_assert_eq!(props.field(i), want.as_deref(), "field {}", i);
+                }
+                let headers = match &values[HEADERS] {
+                    Some(Value::Table(t)) => t.clone(),
+                    _ => Vec::new(),
+                };
+                prop_assert_eq!(&props.headers, &headers);
+                if let Some(Value::ShortStr(s)) = &values[CONTENT_TYPE] {
+                    prop_assert_eq!(props.short_str(CONTENT_TYPE), Some(&s[..]));
+                }
+            }
+        }
+    }
 }

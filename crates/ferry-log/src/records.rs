@@ -358,4 +358,69 @@ mod tests {
         bad[HEADER_BYTES] = 0xff;
         let _ = decode_batch(Bytes::from(bad));
     }
+
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        type Bytes0 = Option<Vec<u8>>;
+        type Record = (Bytes0, Bytes0, Vec<(Vec<u8>, Bytes0)>);
+        /// A header as `RecordParts` and `StoredRecord` hold it, borrowed.
+        type Header<'a> = (&'a [u8], Option<&'a [u8]>);
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            vec(any::<u8>(), 0..300)
+        }
+
+        fn record() -> impl Strategy<Value = Record> {
+            let opt = || proptest::option::of(bytes());
+            (opt(), opt(), vec((bytes(), opt()), 0..4))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// A batch built from any records (keys, values and headers of
+            /// any bytes, null or empty; lengths across varint widths)
+            /// validates for an append and decodes back to those records.
+            #[test]
+            fn built_batches_validate_and_decode_back(
+                timestamp in 0i64..=i64::MAX / 2,
+                records in vec(record(), 1..20),
+            ) {
+                let headers: Vec<Vec<Header<'_>>> = records
+                    .iter()
+                    .map(|(_, _, h)| h.iter().map(|(k, v)| (&k[..], v.as_deref())).collect())
+                    .collect();
+                let parts: Vec<RecordParts<'_>> = records
+                    .iter()
+                    .zip(&headers)
+                    .map(|((key, value, _), headers)| RecordParts {
+                        key: key.as_deref(),
+                        value: value.as_deref(),
+                        headers,
+                    })
+                    .collect();
+                let batch = build_batch(timestamp, &parts);
+                let validated = validate_for_append(&batch, batch.len()).unwrap();
+                prop_assert_eq!(validated.len(), 1);
+                prop_assert_eq!(validated[0].records_count as usize, records.len());
+                let decoded = decode_batch(Bytes::from(batch)).unwrap();
+                prop_assert_eq!(decoded.len(), records.len());
+                for (i, (got, (key, value, headers))) in decoded.iter().zip(&records).enumerate() {
+                    prop_assert_eq!(got.offset, i as i64);
+                    prop_assert_eq!(got.timestamp, timestamp);
+                    prop_assert_eq!(got.key.as_deref(), key.as_deref());
+                    prop_assert_eq!(got.value.as_deref(), value.as_deref());
+                    let got_headers: Vec<Header<'_>> =
+                        got.headers.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
+                    let want: Vec<Header<'_>> =
+                        headers.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
+                    prop_assert_eq!(got_headers, want);
+                }
+            }
+        }
+    }
 }

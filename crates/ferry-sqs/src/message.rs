@@ -682,4 +682,86 @@ mod tests {
             .collect();
         assert_eq!(bad(Value::Object(many)), Code::InvalidParameterValue);
     }
+
+    mod properties {
+        use base64::Engine as _;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// (DataType, value as sent in JSON, value bytes as hashed).
+        fn attribute() -> impl Strategy<Value = (String, Value, Vec<u8>)> {
+            let suffix = proptest::option::of("[a-z0-9]{1,8}")
+                .prop_map(|s| s.map(|s| format!(".{s}")).unwrap_or_default());
+            prop_oneof![
+                ("[ -~]{1,40}", suffix.clone()).prop_map(|(v, sfx)| {
+                    (
+                        format!("String{sfx}"),
+                        json!({"StringValue": v}),
+                        v.into_bytes(),
+                    )
+                }),
+                (any::<i64>(), suffix.clone()).prop_map(|(n, sfx)| {
+                    let v = n.to_string();
+                    (
+                        format!("Number{sfx}"),
+                        json!({"StringValue": v}),
+                        v.into_bytes(),
+                    )
+                }),
+                (vec(any::<u8>(), 1..40), suffix).prop_map(|(b, sfx)| {
+                    let v = base64::engine::general_purpose::STANDARD.encode(&b);
+                    (format!("Binary{sfx}"), json!({"BinaryValue": v}), b)
+                }),
+            ]
+        }
+
+        /// The algorithm as AWS documents it ("Calculating the MD5 message
+        /// digest for message attributes"): attributes sorted by name; for
+        /// each, the name, the data type, a transport byte (1 for String
+        /// and Number, 2 for Binary) and the value, each string preceded
+        /// by its length as 4 bytes big-endian.
+        fn documented_md5(attrs: &BTreeMap<String, (String, Value, Vec<u8>)>) -> String {
+            let mut sorted: Vec<_> = attrs.iter().collect();
+            sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            let mut buf = Vec::new();
+            let put = |buf: &mut Vec<u8>, b: &[u8]| {
+                buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                buf.extend_from_slice(b);
+            };
+            for (name, (data_type, _, value)) in sorted {
+                put(&mut buf, name.as_bytes());
+                put(&mut buf, data_type.as_bytes());
+                buf.push(if data_type.starts_with("Binary") {
+                    2
+                } else {
+                    1
+                });
+                put(&mut buf, value);
+            }
+            md5_hex(&buf)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            #[test]
+            fn attribute_md5_follows_the_documented_algorithm(
+                attrs in btree_map("[a-zA-Z0-9_-]{1,24}", attribute(), 1..=ATTRIBUTES_MAX),
+            ) {
+                let request: serde_json::Map<String, Value> = attrs
+                    .iter()
+                    .map(|(name, (data_type, value, _))| {
+                        let mut v = value.clone();
+                        v["DataType"] = json!(data_type);
+                        (name.clone(), v)
+                    })
+                    .collect();
+                let parsed = parse_attributes(Some(&Value::Object(request)), false).unwrap();
+                prop_assert_eq!(parsed.len(), attrs.len());
+                prop_assert_eq!(md5_of_attributes(&parsed), Some(documented_md5(&attrs)));
+            }
+        }
+    }
 }
