@@ -70,13 +70,18 @@ pub struct AmqpConfig {
     pub access: Arc<AccessControl>,
 }
 
+/// RabbitMQ's default frame_max.
+const FRAME_MAX_DEFAULT: u32 = 131_072;
+/// RabbitMQ's `max_message_size` default until 4.0.
+const MESSAGE_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
-            frame_max: 131_072,
+            frame_max: FRAME_MAX_DEFAULT,
             channel_max: 2047,
             heartbeat_s: 60,
-            message_bytes_max: 128 * 1024 * 1024,
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
             connections_max: 10_000,
