@@ -5,10 +5,10 @@
 use amq_protocol::protocol::{AMQPClass, basic};
 use futures_util::FutureExt;
 
-use crate::{FRAME_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 use crate::content::Assembly;
 use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, RawFrame};
 use crate::props::Props;
+use crate::{FRAME_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 
 /// Content header bytes before the property flags: class, weight, body size.
 const HEADER_PREFIX_BYTES: usize = 12;
@@ -20,7 +20,9 @@ const HEADER_PREFIX_BYTES: usize = 12;
 /// guest user's permission regexes: 140 runs a second instead of
 /// thousands.)
 fn next_frame(input: &mut &[u8]) -> Option<RawFrame> {
-    frame::read_frame(input, FRAME_MAX_DEFAULT).now_or_never()?.ok()
+    frame::read_frame(input, FRAME_MAX_DEFAULT)
+        .now_or_never()?
+        .ok()
 }
 
 /// Reads frames from `data` until one does not read, parsing each method
