@@ -136,6 +136,29 @@ impl Client {
         ));
     }
 
+    /// Ready messages in a queue, from a passive queue.declare.
+    async fn count(&mut self, name: &str) -> u32 {
+        self.send(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name.into(),
+                passive: true,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        )
+        .await;
+        match self.recv().await {
+            AMQPFrame::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+                ok.message_count
+            }
+            other => panic!("expected declare-ok, got {other:?}"),
+        }
+    }
+
     /// basic.publish to the default exchange, content header and body.
     async fn publish(&mut self, routing_key: &str, body: &[u8]) {
         self.send(
@@ -218,6 +241,19 @@ const BOTH: ResourceAlarms = ResourceAlarms {
     disk: true,
 };
 
+/// Until the queue holds `n` ready messages (publishes are asynchronous,
+/// and a connection's frames are routed one after another, so the first of
+/// two can be there before the second).
+async fn wait_for_count(c: &mut Client, queue: &str, n: u32) {
+    for _ in 0..250 {
+        if c.count(queue).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{queue} never held {n} messages");
+}
+
 /// basic.get until a message comes (publishes are asynchronous).
 async fn get_soon(c: &mut Client, queue: &str) -> Option<u32> {
     for _ in 0..100 {
@@ -240,7 +276,8 @@ async fn publishers_are_blocked_until_the_alarm_clears() {
     publisher.publish("q", b"before").await;
     publisher.publish("q", b"queued").await;
     // Both arrived (one left after this get).
-    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
+    wait_for_count(&mut consumer, "q", 2).await;
+    assert_eq!(consumer.get("q").await, Some(1));
 
     alarm_tx.send(DISK).unwrap();
     // Nothing is said until the connection publishes.
@@ -291,8 +328,9 @@ async fn publishers_are_blocked_until_the_alarm_clears() {
         )
     ));
     // Reading resumed: both held publishes arrive.
-    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
-    assert_eq!(get_soon(&mut consumer, "q").await, Some(0));
+    wait_for_count(&mut consumer, "q", 2).await;
+    assert_eq!(consumer.get("q").await, Some(1));
+    assert_eq!(consumer.get("q").await, Some(0));
 
     // A new alarm: blocked again on the next publish, with its reason.
     alarm_tx
@@ -328,8 +366,9 @@ async fn clients_without_the_capability_are_blocked_silently() {
     );
     assert_eq!(consumer.get("q").await, None);
     alarm_tx.send(ResourceAlarms::default()).unwrap();
-    assert_eq!(get_soon(&mut consumer, "q").await, Some(1));
-    assert_eq!(get_soon(&mut consumer, "q").await, Some(0));
+    wait_for_count(&mut consumer, "q", 2).await;
+    assert_eq!(consumer.get("q").await, Some(1));
+    assert_eq!(consumer.get("q").await, Some(0));
     // Neither blocked nor unblocked was sent.
     assert!(
         publisher
