@@ -117,32 +117,21 @@ impl Client {
     }
 
     async fn declare(&mut self, name: &str) {
-        self.send(
-            1,
-            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: name.into(),
-                passive: false,
-                durable: false,
-                exclusive: false,
-                auto_delete: false,
-                nowait: false,
-                arguments: FieldTable::default(),
-            })),
-        )
-        .await;
-        assert!(matches!(
-            self.recv().await,
-            AMQPFrame::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
-        ));
+        self.queue_declare(name, false).await;
     }
 
     /// Ready messages in a queue, from a passive queue.declare.
     async fn count(&mut self, name: &str) -> u32 {
+        self.queue_declare(name, true).await
+    }
+
+    /// queue.declare on channel 1; the message count of its declare-ok.
+    async fn queue_declare(&mut self, name: &str, passive: bool) -> u32 {
         self.send(
             1,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: name.into(),
-                passive: true,
+                passive,
                 durable: false,
                 exclusive: false,
                 auto_delete: false,
