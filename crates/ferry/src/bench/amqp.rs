@@ -27,7 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::report::{BrokerUsage, LatencySummary, Phase, Summary};
-use super::stats::{self, Latency, ProcSample, RunClock, now_ns, parse_duration, thousands};
+use super::stats::{
+    self, Latency, ProcSample, Rate, RunClock, now_ns, parse_duration, parse_rate, thousands,
+};
 
 const HEADER: usize = 24;
 const DEFAULT_COUNT: u64 = 100_000;
@@ -112,21 +114,6 @@ pub struct AmqpArgs {
     /// Give up when nothing was published, confirmed or consumed for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "TIME")]
     idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Rate(Option<f64>);
-
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    if s.eq_ignore_ascii_case("max") {
-        return Ok(Rate(None));
-    }
-    match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(Some(r))),
-        _ => Err(format!(
-            "'{s}' is not a rate: a positive number of msgs/s, or max"
-        )),
-    }
 }
 
 /// Counters shared by producers, consumers, the progress line and the end.
@@ -832,14 +819,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates() {
-        assert!(parse_rate("max").is_ok_and(|r| r.0.is_none()));
-        assert!(parse_rate("10000").is_ok_and(|r| r.0 == Some(10_000.0)));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
-    }
 
     #[test]
     fn passwords_are_redacted() {

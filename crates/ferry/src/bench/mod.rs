@@ -1,15 +1,21 @@
 //! `ferry bench`: load generators that measure a broker with the same client
 //! whichever broker it is (Ferry, RabbitMQ, ...), so that a comparison is
 //! side by side. `ferry bench amqp` speaks AMQP 0-9-1 through the `lapin`
-//! crate, `ferry bench sqs` the SQS JSON protocol over hyper; Kafka is meant
-//! to join them as `ferry bench kafka` (issue 6). They share `stats` (latency
-//! histograms, counters, the progress line, the broker's CPU and memory) and
-//! `report` (the summary and its JSON).
+//! crate, `ferry bench sqs` the SQS JSON protocol over hyper, and `ferry
+//! bench nats` and `ferry bench redis` drive NATS JetStream and Redis Streams
+//! as durable queues with small clients of their own protocols (`driver`
+//! runs the load for both, `wire` is their buffered socket). They share
+//! `stats` (latency histograms, counters, the progress line, the broker's
+//! CPU and memory) and `report` (the summary and its JSON).
 
 mod amqp;
+mod driver;
+mod nats;
+mod redis;
 mod report;
 mod sqs;
 mod stats;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -80,6 +86,43 @@ error, batch entries that failed, messages not deleted at the end)."
         )
     )]
     Sqs(sqs::SqsArgs),
+    /// Publish and consume through NATS JetStream (file-stored work-queue
+    /// streams, pull consumers) for comparison with Ferry.
+    #[command(
+        long_about = "Publish and consume through NATS JetStream for comparison with Ferry: each \
+queue is a file-stored stream with work-queue retention (a message is removed once \
+acknowledged), named PREFIX-i with subject PREFIX-i. Producers publish with a reply subject and \
+count JetStream's acknowledgements, keeping up to --window unacknowledged; consumers share the \
+stream's durable pull consumer, fetch --prefetch messages per pull and acknowledge each with \
+the next pull. Latency is measured from a send timestamp in each body, as in `ferry bench \
+amqp`.\n\nStreams are deleted and created again before the run unless --no-purge. The server \
+needs JetStream enabled (nats-server -js).",
+        after_help = concat!(
+            "Examples:\n",
+            "  ferry bench nats --count 1000000 --queues 16\n",
+            "  ferry bench nats --publish-only --count 10000000   # fill a backlog\n",
+            "  ferry bench nats --consume-only                    # drain it\n"
+        )
+    )]
+    Nats(nats::NatsArgs),
+    /// Publish and consume through Redis Streams (XADD, XREADGROUP, XACK +
+    /// XDEL) for comparison with Ferry.
+    #[command(
+        long_about = "Publish and consume through Redis Streams for comparison with Ferry: each \
+queue is a stream PREFIX-i with one consumer group. Producers pipeline XADD, keeping up to \
+--window unanswered (with `appendfsync always` the server answers after its fsync); consumers \
+XREADGROUP --prefetch entries (BLOCK 1 s) and acknowledge and delete them (XACK, XDEL) with \
+the next read, so consumed entries leave memory as they leave a queue. Latency is measured from \
+a send timestamp in each body, as in `ferry bench amqp`.\n\nStreams are deleted before the run \
+unless --no-purge.",
+        after_help = concat!(
+            "Examples:\n",
+            "  ferry bench redis --count 1000000 --queues 16\n",
+            "  ferry bench redis --publish-only --count 10000000   # fill a backlog\n",
+            "  ferry bench redis --consume-only                    # drain it\n"
+        )
+    )]
+    Redis(redis::RedisArgs),
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -96,6 +139,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let result = match args.command {
         BenchCommand::Amqp(a) => runtime.block_on(amqp::run(a)),
         BenchCommand::Sqs(a) => runtime.block_on(sqs::run(a)),
+        BenchCommand::Nats(a) => runtime.block_on(nats::run(a)),
+        BenchCommand::Redis(a) => runtime.block_on(redis::run(a)),
     };
     // lapin's I/O threads may still be winding down; do not wait for them.
     runtime.shutdown_background();

@@ -43,7 +43,8 @@ use tokio::task::JoinSet;
 
 use super::report::{BrokerUsage, LatencySummary, Phase, Summary, phase_line};
 use super::stats::{
-    self, Counter, Latency, ProcSample, RunClock, now_ns, parse_duration, parse_rate, thousands,
+    self, Counter, Latency, ProcSample, Rate, RunClock, now_ns, parse_duration, parse_rate,
+    thousands,
 };
 
 const HEADER: usize = 48;
@@ -86,7 +87,7 @@ pub struct SqsArgs {
     duration: Option<Duration>,
     /// Sending rate in msgs/s over all producers, or "max". Paced per batch:
     /// a batch goes when its last message is due.
-    #[arg(long, default_value = "max", value_parser = |s: &str| parse_rate(s).map(Rate), value_name = "R|max")]
+    #[arg(long, default_value = "max", value_parser = parse_rate, value_name = "R|max")]
     rate: Rate,
     /// FIFO queues; each message gets one of --groups MessageGroupIds (in
     /// turn) and a unique MessageDeduplicationId.
@@ -132,11 +133,6 @@ pub struct SqsArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "TIME")]
     idle_timeout: Duration,
 }
-
-/// msgs/s, or None for "max" (a newtype: clap takes a bare Option for an
-/// optional argument).
-#[derive(Debug, Clone, Copy)]
-struct Rate(Option<f64>);
 
 // ---------------------------------------------------------------------------
 // The client: one keep-alive HTTP/1.1 connection, AWS JSON 1.0.

@@ -138,13 +138,17 @@ impl ProcSample {
     }
 }
 
-/// A rate in msgs/s (`Some`) or "max" (`None`), for `--rate`.
-pub fn parse_rate(s: &str) -> Result<Option<f64>, String> {
+/// `--rate`: msgs/s (`Some`) or "max" (`None`). A type of its own because
+/// clap reads an `Option` field as "the flag may be absent".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(pub Option<f64>);
+
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
     if s.eq_ignore_ascii_case("max") {
-        return Ok(None);
+        return Ok(Rate(None));
     }
     match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(Some(r)),
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(Some(r))),
         _ => Err(format!(
             "'{s}' is not a rate: a positive number of msgs/s, or max"
         )),
@@ -251,8 +255,8 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("max"), Ok(None));
-        assert_eq!(parse_rate("10000"), Ok(Some(10_000.0)));
+        assert_eq!(parse_rate("max"), Ok(Rate(None)));
+        assert_eq!(parse_rate("10000"), Ok(Rate(Some(10_000.0))));
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
     }
