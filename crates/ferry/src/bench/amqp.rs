@@ -7,6 +7,7 @@
 //! `--size`. A consumer's latency sample is its receive time minus that
 //! timestamp.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -107,6 +108,10 @@ pub struct AmqpArgs {
     /// No progress line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Draw throughput over time and the latency distribution into this
+    /// SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Report this process's CPU seconds and RSS over the run (the broker's
     /// pid; for RabbitMQ, that of beam.smp).
     #[arg(long, value_name = "PID")]
@@ -290,15 +295,28 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
     } else {
         consume_start_ns
     };
-    if !args.quiet {
-        let progress = Progress {
-            shared: shared.clone(),
-            latencies: latencies.clone(),
-            publishing,
-            consuming,
+    let progress = {
+        let read = |f: fn(&Shared) -> &AtomicU64| {
+            let s = shared.clone();
+            Box::new(move || f(&s).load(Ordering::Relaxed)) as Box<dyn Fn() -> u64 + Send + Sync>
         };
-        tasks.spawn(progress.run(stop_rx.clone()));
-    }
+        let mut counters: Vec<stats::Counter> = Vec::new();
+        if publishing {
+            counters.push(("published", read(|s| &s.sent)));
+            if args.confirm.is_some() {
+                counters.push(("confirmed", read(|s| &s.confirmed)));
+            }
+        }
+        if consuming {
+            counters.push(("consumed", read(|s| &s.consumed)));
+        }
+        tokio::spawn(stats::progress_line(
+            counters,
+            latencies.clone(),
+            !args.quiet,
+            stop_rx.clone(),
+        ))
+    };
 
     let mut errors: Vec<String> = Vec::new();
     let mut publish_end_ns = None;
@@ -436,7 +454,12 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
         p.foreign = Some(shared.foreign.load(Ordering::Relaxed));
         p
     });
-    let latency = LatencySummary::from(&stats::merged(latencies.iter().map(|l| l.as_ref())));
+    let timeline = progress.await.unwrap_or_default();
+    let histogram = stats::merged(latencies.iter().map(|l| l.as_ref()));
+    if let Some(path) = &args.plot {
+        super::plot::write_svg(path, "ferry bench amqp", &timeline, &histogram)?;
+    }
+    let latency = LatencySummary::from(&histogram);
 
     if publishing && args.confirm.is_some() && confirmed + nacked < sent && errors.is_empty() {
         errors.push(format!(
@@ -756,64 +779,6 @@ async fn consume(
     }
     drop(ack_tx);
     acker_task.await.context("ack task")?
-}
-
-struct Progress {
-    shared: Arc<Shared>,
-    latencies: Vec<Arc<Latency>>,
-    publishing: bool,
-    consuming: bool,
-}
-
-impl Progress {
-    async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        let start = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        let (mut last_pub, mut last_con) = (0u64, 0u64);
-        let mut last_t = Instant::now();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            let now = Instant::now();
-            let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
-            last_t = now;
-            let s = &self.shared;
-            let mut line = format!("{:>5.0}s", start.elapsed().as_secs_f64());
-            if self.publishing {
-                let sent = s.sent.load(Ordering::Relaxed);
-                let confirmed = s.confirmed.load(Ordering::Relaxed);
-                line.push_str(&format!(
-                    "  published {:>9}/s (total {}, unconfirmed {})",
-                    thousands(((sent - last_pub) as f64 / dt).round() as u64),
-                    thousands(sent),
-                    thousands(sent.saturating_sub(confirmed + s.nacked.load(Ordering::Relaxed))),
-                ));
-                last_pub = sent;
-            }
-            if self.consuming {
-                let c = s.consumed.load(Ordering::Relaxed);
-                line.push_str(&format!(
-                    "  consumed {:>9}/s (total {})",
-                    thousands(((c - last_con) as f64 / dt).round() as u64),
-                    thousands(c)
-                ));
-                last_con = c;
-                let h = stats::interval(self.latencies.iter().map(|l| l.as_ref()));
-                if !h.is_empty() {
-                    line.push_str(&format!(
-                        "  latency p50 {:.2} p99 {:.2} max {:.2} ms",
-                        h.value_at_quantile(0.5) as f64 / 1000.0,
-                        h.value_at_quantile(0.99) as f64 / 1000.0,
-                        h.max() as f64 / 1000.0
-                    ));
-                }
-            }
-            eprintln!("{line}");
-        }
-    }
 }
 
 #[cfg(test)]

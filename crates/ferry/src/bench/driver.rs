@@ -14,6 +14,7 @@
 //! nanoseconds (big-endian u64s).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::plot;
 use super::report::{BrokerUsage, LatencySummary, Phase, Summary};
 use super::stats::{self, Latency, ProcSample, RunClock, now_ns, thousands};
 
@@ -129,6 +131,10 @@ pub struct Plan {
     /// No progress line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Draw throughput over time and the latency distribution into this
+    /// SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Report this process's CPU seconds and RSS over the run (the broker's
     /// pid).
     #[arg(long, value_name = "PID")]
@@ -263,7 +269,7 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
             ));
         }
     }
-    if !plan.quiet {
+    let progress = {
         let mut counters: Vec<stats::Counter> = Vec::new();
         if publishing {
             let s = shared.clone();
@@ -279,9 +285,10 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
         tokio::spawn(stats::progress_line(
             counters,
             latencies.clone(),
+            !plan.quiet,
             stop_rx.clone(),
-        ));
-    }
+        ))
+    };
 
     let mut errors = Vec::new();
     let mut last_activity = (0u64, Instant::now());
@@ -348,6 +355,13 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
     })
     .await;
 
+    let timeline = progress.await.unwrap_or_default();
+    let histogram = stats::merged(latencies.iter().map(|l| l.as_ref()));
+    if let Some(path) = &plan.plot {
+        let title = format!("ferry bench {}", transport.protocol());
+        plot::write_svg(path, &title, &timeline, &histogram)?;
+    }
+
     let sent = shared.sent.load(Ordering::Relaxed);
     let acked = shared.acked.load(Ordering::Relaxed);
     let consumed = shared.consumed.load(Ordering::Relaxed);
@@ -413,6 +427,7 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
                 },
                 "backlog_at_start": backlog,
                 "run_s": (end_ns - start_ns) as f64 / 1e9,
+                "plot": plan.plot,
             })
             .as_object()
             .into_iter()
@@ -425,7 +440,7 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
         config,
         published,
         consumed: consumed_phase,
-        latency: LatencySummary::from(&stats::merged(latencies.iter().map(|l| l.as_ref()))),
+        latency: LatencySummary::from(&histogram),
         broker,
         complete: errors.is_empty(),
         errors,

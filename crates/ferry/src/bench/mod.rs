@@ -11,6 +11,7 @@
 mod amqp;
 mod driver;
 mod nats;
+mod plot;
 mod redis;
 mod report;
 mod sqs;

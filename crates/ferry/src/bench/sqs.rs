@@ -23,6 +23,7 @@
 //! receive's answer. Then the message is deleted and the next sample starts.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,6 +126,10 @@ pub struct SqsArgs {
     /// No progress line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Draw throughput over time and the latency distribution (of the
+    /// wake-ups with --long-poll) into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Report this process's CPU seconds and RSS over the run (the broker's
     /// pid).
     #[arg(long, value_name = "PID")]
@@ -628,7 +633,7 @@ async fn throughput(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Res
     }
     let start_ns = clock.elapsed_ns();
     let _ = go_tx.send(true);
-    if !args.quiet {
+    let progress = {
         let read = |f: fn(&Shared) -> &AtomicU64| {
             let s = shared.clone();
             Box::new(move || f(&s).load(Ordering::Relaxed)) as Box<dyn Fn() -> u64 + Send + Sync>
@@ -641,9 +646,10 @@ async fn throughput(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Res
         tokio::spawn(stats::progress_line(
             counters,
             latencies.clone(),
+            !args.quiet,
             stop_rx.clone(),
-        ));
-    }
+        ))
+    };
 
     let mut errors: Vec<String> = Vec::new();
     let mut last_activity = (0u64, Instant::now());
@@ -735,7 +741,9 @@ async fn throughput(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Res
     let mut consumed = Phase::new(received, args.size, secs(&shared.last_receive_ns));
     consumed.foreign = Some(foreign);
     let deleted_phase = Phase::new(deleted, args.size, secs(&shared.last_delete_ns));
-    let latency = LatencySummary::from(&stats::merged(latencies.iter().map(|l| l.as_ref())));
+    let histogram = stats::merged(latencies.iter().map(|l| l.as_ref()));
+    plot(args, "ferry bench sqs", progress, &histogram).await?;
+    let latency = LatencySummary::from(&histogram);
 
     errors.extend(
         shared
@@ -1078,7 +1086,7 @@ async fn long_poll(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Resu
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let broker_start = args.broker_pid.and_then(ProcSample::read);
-    if !args.quiet {
+    let progress = {
         let s = stats_.clone();
         let counters: Vec<Counter> = vec![(
             "samples",
@@ -1087,9 +1095,10 @@ async fn long_poll(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Resu
         tokio::spawn(stats::progress_line(
             counters,
             vec![stats_.wake.clone()],
+            !args.quiet,
             stop_rx.clone(),
-        ));
-    }
+        ))
+    };
     let start = Instant::now();
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     for (qi, url) in urls.iter().enumerate() {
@@ -1149,7 +1158,15 @@ async fn long_poll(args: &SqsArgs, endpoint: &Endpoint, urls: &[String]) -> Resu
     {
         errors.push(format!("{n} of {want} samples"));
     }
-    let wake = LatencySummary::from(&stats::merged([stats_.wake.as_ref()]));
+    let wake_histogram = stats::merged([stats_.wake.as_ref()]);
+    plot(
+        args,
+        "ferry bench sqs --long-poll",
+        progress,
+        &wake_histogram,
+    )
+    .await?;
+    let wake = LatencySummary::from(&wake_histogram);
     let send = LatencySummary::from(&stats::merged([&stats_.send]));
     let before = stats_.before_send_answer.load(Ordering::Relaxed);
     let mut config = base_config(args, urls);
@@ -1327,6 +1344,21 @@ async fn poll_pairs(mut ctx: PollCtx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With --plot: waits for the progress loop (stopped by now) and draws the
+/// run.
+async fn plot(
+    args: &SqsArgs,
+    title: &str,
+    progress: tokio::task::JoinHandle<stats::Timeline>,
+    latency: &hdrhistogram::Histogram<u64>,
+) -> Result<()> {
+    let timeline = progress.await.unwrap_or_default();
+    match &args.plot {
+        Some(path) => super::plot::write_svg(path, title, &timeline, latency),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

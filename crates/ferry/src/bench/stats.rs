@@ -158,33 +158,59 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 /// A counter read by the progress line: its name and how to read it.
 pub type Counter = (&'static str, Box<dyn Fn() -> u64 + Send + Sync>);
 
-/// The once-a-second progress line on stderr: the time, then each counter's
-/// rate over the last second and its total, then the latency of that second
-/// (from the interval histograms of `latencies`). Runs until `stop`.
+/// What the progress loop saw each second, for `--plot`: each counter's
+/// rate.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub names: Vec<&'static str>,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug)]
+pub struct Sample {
+    /// Seconds since the progress loop started.
+    pub t_s: f64,
+    /// msgs/s over the second, one per counter.
+    pub rates: Vec<f64>,
+}
+
+/// Once a second until `stop`: each counter's rate over the last second and
+/// its total, then the latency of that second (from the interval
+/// histograms of `latencies`), as a progress line on stderr when `print`.
+/// Returns every second's figures.
 pub async fn progress_line(
     counters: Vec<Counter>,
     latencies: Vec<std::sync::Arc<Latency>>,
+    print: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Timeline {
     let start = Instant::now();
+    let mut timeline = Timeline {
+        names: counters.iter().map(|(name, _)| *name).collect(),
+        samples: Vec::new(),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut last: Vec<u64> = counters.iter().map(|(_, read)| read()).collect();
     let mut last_t = Instant::now();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => return timeline,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
         let dt = now.duration_since(last_t).as_secs_f64().max(1e-9);
         last_t = now;
-        let mut line = format!("{:>5.0}s", start.elapsed().as_secs_f64());
+        let t_s = start.elapsed().as_secs_f64();
+        let mut line = format!("{t_s:>5.0}s");
+        let mut rates = Vec::with_capacity(counters.len());
         for ((name, read), prev) in counters.iter().zip(last.iter_mut()) {
             let v = read();
+            let rate = v.saturating_sub(*prev) as f64 / dt;
+            rates.push(rate);
             line.push_str(&format!(
                 "  {name} {:>9}/s (total {})",
-                thousands((v.saturating_sub(*prev) as f64 / dt).round() as u64),
+                thousands(rate.round() as u64),
                 thousands(v)
             ));
             *prev = v;
@@ -198,7 +224,10 @@ pub async fn progress_line(
                 h.max() as f64 / 1000.0
             ));
         }
-        eprintln!("{line}");
+        timeline.samples.push(Sample { t_s, rates });
+        if print {
+            eprintln!("{line}");
+        }
     }
 }
 
