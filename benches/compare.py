@@ -33,11 +33,14 @@ Durable settings, each system's strongest single-node one:
 Workloads (the issue's numbering):
   1. throughput: N messages published and consumed at full speed, 1 queue
      (1 producer, 1 consumer) and 16 queues (16 + 16);
+  2. fan-out: N/3 messages from one producer, each delivered to 3 queues
+     with a consumer each (AMQP: a fanout exchange bound to 3 queues; NATS:
+     one stream with limits retention and 3 durable consumers; Redis: one
+     stream, 3 consumer groups, XACK without XDEL); msgs/s counts deliveries;
   3. latency at a fixed 10,000 msgs/s, 1 queue, for D seconds;
   4. backlog: B messages published into one queue with no consumer, then the
      broker's memory (VmRSS after a 10 s settle), then a drain.
-Workload 2 (fan-out to 3 subscribers) is not run yet: `ferry bench` has no
-fan-out mode. Workload 5 (Kafka protocol, librdkafka) is
+Workload 5 (Kafka protocol, librdkafka) is
 benches/kafka_librdkafka.py, which scripts/bench-compare runs after this.
 
 Throughput and latency runs are repeated --runs times, rounds interleaved
@@ -88,6 +91,8 @@ def scenario_args(sc: dict) -> list[str]:
     a = ["--queues", str(sc["queues"])]
     if sc["kind"] == "throughput":
         return a + ["--count", str(sc["count"])]
+    if sc["kind"] == "fanout":
+        return a + ["--fanout", "--count", str(sc["count"])]
     return a + ["--rate", str(sc["rate"]), "--duration", f"{sc['duration']}s"]
 
 
@@ -160,6 +165,8 @@ def sc_label(sc: dict) -> str:
     q = f"{sc['queues']} queue{'s' if sc['queues'] > 1 else ''}"
     if sc["kind"] == "throughput":
         return f"1. throughput, {q}, {sc['count']:,} msgs"
+    if sc["kind"] == "fanout":
+        return f"2. fan-out to {sc['queues']} subscribers, {sc['count']:,} msgs published"
     return f"3. latency at {sc['rate']:,} msgs/s, {q}, {sc['duration']} s"
 
 
@@ -195,7 +202,7 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: dict) -> s
       "and fsyncs every 2 minutes (no per-write setting before 2.10), so its figures are "
       "for a weaker guarantee. Settings at the top of `benches/compare.py`.")
     w("")
-    w("| workload | system | msgs/s end to end | p50 ms | p99 ms | p99.9 ms | "
+    w("| workload | system | msgs/s end to end (deliveries) | p50 ms | p99 ms | p99.9 ms | "
       "broker CPU s per million | broker peak RSS MB |")
     w("|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
@@ -208,8 +215,6 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: dict) -> s
               f"{cell(runs, 'p50_ms', 2)} | {cell(runs, 'p99_ms', 2)} | "
               f"{cell(runs, 'p999_ms', 2)} | {cell(runs, 'broker_cpu_per_m', 1)} | "
               f"{cell(runs, 'broker_peak_rss_mb', 0)} |")
-    w("| 2. fan-out to 3 subscribers | all | not run: `ferry bench` has no fan-out mode yet "
-      "| | | | | |")
     w("")
     if backlog:
         w("4. Backlog: messages published into one queue with no consumer, the broker's "
@@ -348,6 +353,7 @@ def main() -> int:
     scenarios = [
         {"name": "throughput-1q", "kind": "throughput", "queues": 1, "count": args.count},
         {"name": "throughput-16q", "kind": "throughput", "queues": 16, "count": args.count},
+        {"name": "fanout-3", "kind": "fanout", "queues": 3, "count": args.count // 3},
         {"name": "latency-1q", "kind": "latency", "queues": 1, "rate": args.rate,
          "duration": args.duration},
     ]

@@ -19,10 +19,11 @@ use futures_util::stream::FuturesUnordered;
 use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -92,6 +93,11 @@ pub struct AmqpArgs {
     #[arg(long, default_value_t = 1, requires = "manual_ack", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     multi_ack: u32,
+    /// Fan-out: the queues are bound to one fanout exchange, PREFIX-fanout,
+    /// and producers publish to it, so every queue gets every message
+    /// (one producer unless --producers).
+    #[arg(long, conflicts_with_all = ["publish_only", "consume_only"])]
+    fanout: bool,
     /// Only publish (e.g. to build a backlog); wait for the confirms, then stop.
     #[arg(long, conflicts_with = "consume_only")]
     publish_only: bool,
@@ -150,13 +156,41 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
         .collect();
     let publishing = !args.consume_only;
     let consuming = !args.publish_only;
-    let producers = args.producers.unwrap_or(args.queues) as usize;
+    // With --fanout a message is consumed once per queue.
+    let copies = if args.fanout {
+        u64::from(args.queues)
+    } else {
+        1
+    };
+    let producers = match (args.producers, args.fanout) {
+        (Some(p), _) => p as usize,
+        (None, true) => 1,
+        (None, false) => args.queues as usize,
+    };
+    let exchange = if args.fanout {
+        format!("{}-fanout", args.queue_prefix)
+    } else {
+        String::new()
+    };
     let run_id = now_ns() ^ (u64::from(std::process::id()) << 32);
 
     // Declare (and purge) the queues, or read their depth for --consume-only.
     let setup = connect(&args.url, "ferry-bench-setup").await?;
     let ch = setup.create_channel().await.context("channel.open")?;
     let mut backlog = 0u64;
+    if args.fanout {
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("exchange.declare {exchange}"))?;
+    }
     for q in &queues {
         let declared = ch
             .queue_declare(
@@ -169,6 +203,17 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
             )
             .await
             .with_context(|| format!("queue.declare {q}"))?;
+        if args.fanout {
+            ch.queue_bind(
+                q.as_str().into(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("queue.bind {q} to {exchange}"))?;
+        }
         if publishing && !args.no_purge {
             ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
                 .await
@@ -186,9 +231,10 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
         (None, None) => Some(DEFAULT_COUNT),
     };
     let shared = Arc::new(Shared::default());
-    shared
-        .target
-        .store(count.unwrap_or(u64::MAX), Ordering::Relaxed);
+    shared.target.store(
+        count.map_or(u64::MAX, |c| c.saturating_mul(copies)),
+        Ordering::Relaxed,
+    );
 
     let clock = Arc::new(RunClock::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -261,7 +307,11 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
                     .await
                     .context("confirm.select")?;
             }
-            let mine: Vec<String> = if producers >= queues.len() {
+            // Routing keys on the default exchange (the queue names), or
+            // the fanout exchange's one.
+            let mine: Vec<String> = if args.fanout {
+                vec![String::new()]
+            } else if producers >= queues.len() {
                 vec![queues[p % queues.len()].clone()]
             } else {
                 queues.iter().skip(p).step_by(producers).cloned().collect()
@@ -271,6 +321,7 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
             let ctx = ProducerCtx {
                 shared: shared.clone(),
                 clock: clock.clone(),
+                exchange: exchange.clone(),
                 queues: mine,
                 count: my_count,
                 duration: args.duration,
@@ -342,7 +393,7 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
                     let took = shared.sent.load(Ordering::Relaxed)
                         - shared.nacked.load(Ordering::Relaxed);
                     if count.is_none() || args.count.is_some_and(|n| n > took) {
-                        shared.target.store(took, Ordering::Relaxed);
+                        shared.target.store(took * copies, Ordering::Relaxed);
                     }
                     if !errors.is_empty() || !consuming {
                         break;
@@ -519,6 +570,7 @@ pub async fn run(args: AmqpArgs) -> Result<bool> {
             "persistent": args.persistent,
             "prefetch": args.prefetch,
             "manual_ack": args.manual_ack,
+            "fanout": args.fanout,
             "multi_ack": args.multi_ack,
             "mode": if args.publish_only { "publish-only" }
                     else if args.consume_only { "consume-only" }
@@ -560,6 +612,9 @@ fn redact(url: &str) -> String {
 struct ProducerCtx {
     shared: Arc<Shared>,
     clock: Arc<RunClock>,
+    /// "" (the default exchange) or the fanout exchange.
+    exchange: String,
+    /// Routing keys, used in turn.
     queues: Vec<String>,
     count: Option<u64>,
     duration: Option<Duration>,
@@ -614,10 +669,11 @@ async fn publish(channel: Channel, mut ctx: ProducerCtx) -> Result<()> {
             let channel = &channel;
             let queue = routing[(n % routing.len() as u64) as usize].clone();
             let props = props.clone();
+            let exchange = &ctx.exchange;
             inflight.push(async move {
                 let confirm = channel
                     .basic_publish(
-                        "".into(),
+                        exchange.as_str().into(),
                         queue,
                         BasicPublishOptions::default(),
                         &body,

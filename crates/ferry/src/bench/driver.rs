@@ -34,8 +34,9 @@ pub const HEADER: usize = 24;
 
 /// One producer connection.
 pub trait Producer: Send + 'static {
-    /// Adds one message for queue `queue` (an index into the plan's queues)
-    /// to the connection's output buffer; nothing is written yet.
+    /// Adds one message for queue `queue` (an index into the plan's queues;
+    /// with --fanout always 0, and the transport reaches every queue) to the
+    /// connection's output buffer; nothing is written yet.
     fn send(&mut self, queue: usize, body: &[u8]);
     /// Writes the buffered messages.
     fn flush(&mut self) -> impl Future<Output = Result<()>> + Send;
@@ -64,6 +65,7 @@ pub trait Transport: Send + Sync + 'static {
     /// messages they hold.
     fn prepare(&self, keep: bool) -> impl Future<Output = Result<u64>> + Send;
     fn producer(&self, id: usize) -> impl Future<Output = Result<Self::P>> + Send;
+    /// Consumer `id` of queue `queue` (with --fanout: of subscriber `queue`).
     fn consumer(&self, queue: usize, id: u32) -> impl Future<Output = Result<Self::C>> + Send;
     /// The settings of the run for the summary's `config`.
     fn config(&self) -> serde_json::Value;
@@ -111,6 +113,10 @@ pub struct Plan {
     #[arg(long, default_value_t = 500, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
+    /// Fan-out: every queue gets a copy of every message (one stream with a
+    /// consumer, or a consumer group, per queue); producers publish once.
+    #[arg(long, conflicts_with_all = ["publish_only", "consume_only"])]
+    pub fanout: bool,
     /// Messages fetched per request by each consumer.
     #[arg(long, default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -195,7 +201,14 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
     let publishing = mode != Mode::ConsumeOnly;
     let consuming = mode != Mode::PublishOnly;
     let queues = plan.queues as usize;
-    let producer_count = plan.producers.unwrap_or(plan.queues) as usize;
+    // With --fanout a message is consumed once per queue, and there is one
+    // producer unless told otherwise.
+    let copies = if plan.fanout { plan.queues as u64 } else { 1 };
+    let producer_count = match (plan.producers, plan.fanout) {
+        (Some(p), _) => p as usize,
+        (None, true) => 1,
+        (None, false) => queues,
+    };
     let backlog = transport.prepare(plan.no_purge || !publishing).await?;
     let count = match (plan.count, plan.duration) {
         (Some(n), _) => Some(n),
@@ -205,9 +218,10 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
     };
     let run_id = now_ns() ^ (u64::from(std::process::id()) << 32);
     let shared = Arc::new(Shared::default());
-    shared
-        .target
-        .store(count.unwrap_or(u64::MAX), Ordering::Relaxed);
+    shared.target.store(
+        count.map_or(u64::MAX, |c| c.saturating_mul(copies)),
+        Ordering::Relaxed,
+    );
     let clock = Arc::new(RunClock::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut consumers: JoinSet<Result<()>> = JoinSet::new();
@@ -246,7 +260,9 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
         }
         for (p, conn) in conns.into_iter().enumerate() {
             let n = producer_count as u64;
-            let mine: Vec<usize> = if producer_count >= queues {
+            let mine: Vec<usize> = if plan.fanout {
+                vec![0]
+            } else if producer_count >= queues {
                 vec![p % queues]
             } else {
                 (p..queues).step_by(producer_count).collect()
@@ -307,7 +323,7 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
                 if producers.is_empty() {
                     // Everything the broker took is to be consumed.
                     let took = shared.acked.load(Ordering::Relaxed);
-                    shared.target.store(took, Ordering::Relaxed);
+                    shared.target.store(took * copies, Ordering::Relaxed);
                     if !consuming {
                         break;
                     }
@@ -420,6 +436,7 @@ pub async fn run<T: Transport>(transport: T, plan: &Plan) -> Result<bool> {
                 "rate": plan.rate.0,
                 "window": plan.window,
                 "prefetch": plan.prefetch,
+                "fanout": plan.fanout,
                 "mode": match mode {
                     Mode::Both => "publish-and-consume",
                     Mode::PublishOnly => "publish-only",

@@ -33,6 +33,7 @@ pub async fn run(args: NatsArgs) -> Result<bool> {
         addr: host_port(&args.url, 4222),
         streams: args.plan.names(),
         prefetch: args.plan.prefetch,
+        fanout: args.plan.fanout,
     };
     driver::run(transport, &args.plan).await
 }
@@ -43,6 +44,35 @@ struct Nats {
     addr: String,
     streams: Vec<String>,
     prefetch: u32,
+    /// One stream (the first name) with a durable consumer per queue.
+    fanout: bool,
+}
+
+impl Nats {
+    /// Work-queue retention removes a message once acknowledged, as a queue
+    /// does, but allows one consumer per stream; fan-out keeps messages
+    /// (limits retention) for its consumers.
+    fn retention(&self) -> &'static str {
+        if self.fanout { "limits" } else { "workqueue" }
+    }
+
+    /// The streams the run uses.
+    fn used_streams(&self) -> &[String] {
+        if self.fanout {
+            &self.streams[..1]
+        } else {
+            &self.streams
+        }
+    }
+
+    /// (stream, durable consumer) of each queue.
+    fn subscription(&self, queue: usize) -> (&str, String) {
+        if self.fanout {
+            (&self.streams[0], format!("{DURABLE}-{queue}"))
+        } else {
+            (&self.streams[queue], DURABLE.to_string())
+        }
+    }
 }
 
 impl Transport for Nats {
@@ -54,13 +84,13 @@ impl Transport for Nats {
     }
 
     fn config(&self) -> Value {
-        json!({ "url": format!("nats://{}", self.addr), "storage": "file", "retention": "workqueue" })
+        json!({ "url": format!("nats://{}", self.addr), "storage": "file", "retention": self.retention() })
     }
 
     async fn prepare(&self, keep: bool) -> Result<u64> {
         let mut c = Connection::open(&self.addr, "_INBOX.ferry-bench-setup").await?;
         let mut backlog = 0;
-        for s in &self.streams {
+        for s in self.used_streams() {
             if !keep {
                 // A stream that is not there is fine.
                 let _ = c
@@ -68,7 +98,7 @@ impl Transport for Nats {
                     .await?;
             }
             let config = json!({
-                "name": s, "subjects": [s], "storage": "file", "retention": "workqueue",
+                "name": s, "subjects": [s], "storage": "file", "retention": self.retention(),
                 "num_replicas": 1, "discard": "old",
             });
             let created = c
@@ -85,21 +115,24 @@ impl Transport for Nats {
             }
             let info = c.request(&format!("$JS.API.STREAM.INFO.{s}"), b"").await?;
             backlog += info["state"]["messages"].as_u64().unwrap_or(0);
+        }
+        for q in 0..self.streams.len() {
+            let (s, durable) = self.subscription(q);
             let consumer = json!({
                 "stream_name": s,
                 "config": {
-                    "durable_name": DURABLE, "ack_policy": "explicit", "deliver_policy": "all",
+                    "durable_name": durable, "ack_policy": "explicit", "deliver_policy": "all",
                     "max_ack_pending": 1_000_000, "ack_wait": 30_000_000_000u64,
                 },
             });
             let made = c
                 .request(
-                    &format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.{DURABLE}"),
+                    &format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.{durable}"),
                     consumer.to_string().as_bytes(),
                 )
                 .await?;
             if let Some(e) = made.get("error") {
-                bail!("creating the pull consumer of {s}: {e}");
+                bail!("creating the pull consumer {durable} of {s}: {e}");
             }
         }
         Ok(backlog)
@@ -118,11 +151,11 @@ impl Transport for Nats {
     async fn consumer(&self, queue: usize, id: u32) -> Result<NatsConsumer> {
         let inbox = format!("_INBOX.ferry-bench-c{queue}-{id}");
         let conn = Connection::open(&self.addr, &inbox).await?;
-        let stream = &self.streams[queue];
+        let (stream, durable) = self.subscription(queue);
         Ok(NatsConsumer {
             conn,
             pull: format!(
-                "PUB $JS.API.CONSUMER.MSG.NEXT.{stream}.{DURABLE} {inbox} {}\r\n{}\r\n",
+                "PUB $JS.API.CONSUMER.MSG.NEXT.{stream}.{durable} {inbox} {}\r\n{}\r\n",
                 pull_body(self.prefetch).len(),
                 pull_body(self.prefetch)
             )

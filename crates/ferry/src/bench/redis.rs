@@ -33,6 +33,7 @@ pub async fn run(args: RedisArgs) -> Result<bool> {
         addr: host_port(&args.url, 6379),
         streams: args.plan.names(),
         prefetch: args.plan.prefetch,
+        fanout: args.plan.fanout,
     };
     driver::run(transport, &args.plan).await
 }
@@ -43,6 +44,19 @@ struct Redis {
     addr: String,
     streams: Vec<String>,
     prefetch: u32,
+    /// One stream (the first name) with a consumer group per queue.
+    fanout: bool,
+}
+
+impl Redis {
+    /// (stream, consumer group) of each queue.
+    fn subscription(&self, queue: usize) -> (&str, String) {
+        if self.fanout {
+            (&self.streams[0], format!("{GROUP}-{queue}"))
+        } else {
+            (&self.streams[queue], GROUP.to_string())
+        }
+    }
 }
 
 impl Transport for Redis {
@@ -59,18 +73,29 @@ impl Transport for Redis {
 
     async fn prepare(&self, keep: bool) -> Result<u64> {
         let mut c = Wire::connect(&self.addr).await?;
+        let streams = if self.fanout {
+            &self.streams[..1]
+        } else {
+            &self.streams
+        };
         let mut backlog = 0;
-        for s in &self.streams {
+        for s in streams {
             if !keep {
                 call(&mut c, &[b"DEL", s.as_bytes()]).await?;
             }
+            if let Reply::Int(n) = call(&mut c, &[b"XLEN", s.as_bytes()]).await? {
+                backlog += n.max(0) as u64;
+            }
+        }
+        for q in 0..self.streams.len() {
+            let (s, group) = self.subscription(q);
             match call(
                 &mut c,
                 &[
                     b"XGROUP",
                     b"CREATE",
                     s.as_bytes(),
-                    GROUP.as_bytes(),
+                    group.as_bytes(),
                     b"0",
                     b"MKSTREAM",
                 ],
@@ -79,11 +104,8 @@ impl Transport for Redis {
             {
                 // The group is there already (--no-purge).
                 Reply::Error(e) if e.starts_with("BUSYGROUP") => {}
-                Reply::Error(e) => bail!("XGROUP CREATE {s}: {e}"),
+                Reply::Error(e) => bail!("XGROUP CREATE {s} {group}: {e}"),
                 _ => {}
-            }
-            if let Reply::Int(n) = call(&mut c, &[b"XLEN", s.as_bytes()]).await? {
-                backlog += n.max(0) as u64;
             }
         }
         Ok(backlog)
@@ -97,7 +119,8 @@ impl Transport for Redis {
     }
 
     async fn consumer(&self, queue: usize, id: u32) -> Result<RedisConsumer> {
-        let stream = self.streams[queue].clone();
+        let (stream, group) = self.subscription(queue);
+        let stream = stream.to_string();
         let name = format!("c{id}");
         let count = self.prefetch.to_string();
         let mut read = Vec::new();
@@ -106,7 +129,7 @@ impl Transport for Redis {
             &[
                 b"XREADGROUP",
                 b"GROUP",
-                GROUP.as_bytes(),
+                group.as_bytes(),
                 name.as_bytes(),
                 b"COUNT",
                 count.as_bytes(),
@@ -120,6 +143,8 @@ impl Transport for Redis {
         Ok(RedisConsumer {
             wire: Wire::connect(&self.addr).await?,
             stream,
+            group,
+            delete: !self.fanout,
             read,
             to_ack: Vec::new(),
         })
@@ -264,6 +289,10 @@ impl Producer for RedisProducer {
 struct RedisConsumer {
     wire: Wire,
     stream: String,
+    group: String,
+    /// XDEL what was acknowledged (not with fan-out: the other groups still
+    /// need it).
+    delete: bool,
     /// The XREADGROUP command, ready to write.
     read: Vec<u8>,
     /// Entry ids handed out by the last `next`.
@@ -271,22 +300,25 @@ struct RedisConsumer {
 }
 
 impl RedisConsumer {
-    /// Queues XACK and XDEL of the entries handed out; returns how many
+    /// Queues XACK (and XDEL) of the entries handed out; returns how many
     /// replies they will bring.
     fn queue_acks(&mut self) -> usize {
         if self.to_ack.is_empty() {
             return 0;
         }
-        for verb in [&b"XACK"[..], b"XDEL"] {
-            let mut args: Vec<&[u8]> = vec![verb, self.stream.as_bytes()];
-            if verb == b"XACK" {
-                args.push(GROUP.as_bytes());
-            }
-            args.extend(self.to_ack.iter().map(|id| &id[..]));
-            command(&mut self.wire.out, &args);
+        let ids = self.to_ack.iter().map(|id| &id[..]);
+        let mut ack: Vec<&[u8]> = vec![b"XACK", self.stream.as_bytes(), self.group.as_bytes()];
+        ack.extend(ids.clone());
+        command(&mut self.wire.out, &ack);
+        let mut replies = 1;
+        if self.delete {
+            let mut del: Vec<&[u8]> = vec![b"XDEL", self.stream.as_bytes()];
+            del.extend(ids);
+            command(&mut self.wire.out, &del);
+            replies += 1;
         }
         self.to_ack.clear();
-        2
+        replies
     }
 
     async fn ack_replies(&mut self, n: usize) -> Result<()> {
