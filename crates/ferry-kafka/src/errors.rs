@@ -42,6 +42,11 @@ pub(crate) fn log_error(e: &LogError) -> ResponseError {
             | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
         },
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        // What Kafka answers a Fetch that finds a damaged batch: the Java
+        // consumer raises it naming the offset, librdkafka hands it to the
+        // application as a consumer error (KAFKA_STORAGE_ERROR would make
+        // both look for another leader, silently, for ever).
+        LogError::CorruptBatch { .. } => ResponseError::CorruptMessage,
         // Newer Produce versions keep INVALID_PRODUCER_EPOCH (47) for
         // idempotent producers; PRODUCER_FENCED is for transactional ones.
         LogError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

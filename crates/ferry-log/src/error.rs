@@ -35,6 +35,19 @@ pub enum LogError {
         position: u64,
         reason: String,
     },
+    /// A stored batch failed its CRC when read: its bytes changed on disk
+    /// after they were written. It is never returned to a reader; reads from
+    /// offsets before and after it are served as usual.
+    #[error(
+        "record batch at offsets {base_offset}..={last_offset} in {path} (byte {position}) is corrupt: {reason}"
+    )]
+    CorruptBatch {
+        path: PathBuf,
+        position: u64,
+        base_offset: i64,
+        last_offset: i64,
+        reason: String,
+    },
     /// Appended data was discarded before it became durable (an fsync failed).
     #[error("appended data was discarded before it became durable")]
     NotDurable,

@@ -1427,20 +1427,29 @@ fn walk_header(
     )
 }
 
+/// A batch a read is about to return: where it is stored, and its header.
+struct ServedBatch {
+    range: usize,
+    position: u64,
+    header: segment::WalkHeader,
+}
+
 /// Copies whole batches from the planned ranges, without the log's lock:
 /// skips the batches before `offset`, then takes batches while they fit in
 /// `max_bytes` (the first one regardless if `min_one_batch`). Each range is
 /// read in windows (`ReadWindow`) that serve both the walk over batch
-/// headers and the copy.
+/// headers and the copy. Every batch taken has its CRC checked
+/// (`verify_crcs`) before it is returned.
 fn copy_batches(
     plan: &ReadPlan,
     offset: i64,
     max_bytes: u64,
     min_one_batch: bool,
 ) -> Result<Bytes, LogError> {
-    // (range, start position, length) of each run of bytes to copy, and the
-    // last window read from each range.
+    // (range, start position, length) of each run of bytes to copy, the
+    // batches in them, and the last window read from each range.
     let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+    let mut served: Vec<ServedBatch> = Vec::new();
     let mut windows: Vec<Option<ReadWindow>> = Vec::with_capacity(plan.ranges.len());
     let mut total = 0u64;
     let mut found = false;
@@ -1475,6 +1484,11 @@ fn copy_batches(
                 full = true;
                 break;
             }
+            served.push(ServedBatch {
+                range: i,
+                position: pos,
+                header: batch,
+            });
             total += batch.len;
             pos += batch.len;
         }
@@ -1489,7 +1503,7 @@ fn copy_batches(
     if let [(i, start, len)] = pieces[..]
         && let Some(w) = windows[i].as_ref().filter(|w| w.covers(start, len))
     {
-        return Ok(w.slice(start, len));
+        return verify_crcs(w.slice(start, len), &served, plan);
     }
     // `total` is at most `max_bytes` (a usize) or one stored batch.
     let mut buf = vec![0u8; total as usize];
@@ -1506,7 +1520,36 @@ fn copy_batches(
         }
         at += n;
     }
-    Ok(Bytes::from(buf))
+    verify_crcs(Bytes::from(buf), &served, plan)
+}
+
+/// Checks the CRC-32C of each batch in `records` (the `served` batches, in
+/// order) before any of it reaches a client: a sealed segment, and the last
+/// one after a clean shutdown, are opened without a scan, so bits that
+/// flipped at rest are caught here. Returns the batches before the first
+/// that fails; if that is the first batch, the failure, so that a read from
+/// any other offset still gets the intact batches around it.
+fn verify_crcs(records: Bytes, served: &[ServedBatch], plan: &ReadPlan) -> Result<Bytes, LogError> {
+    let mut at = 0usize;
+    for b in served {
+        let end = at + b.header.len as usize;
+        let bytes = &records[at..end];
+        let intact = batch::BatchHeader::parse(bytes).and_then(|h| batch::check_crc(&h, bytes));
+        if let Err(e) = intact {
+            if at > 0 {
+                return Ok(records.slice(..at));
+            }
+            return Err(LogError::CorruptBatch {
+                path: plan.ranges[b.range].path.clone(),
+                position: b.position,
+                base_offset: b.header.base_offset,
+                last_offset: b.header.last_offset,
+                reason: e.to_string(),
+            });
+        }
+        at = end;
+    }
+    Ok(records)
 }
 
 /// Walks the batches of `range` to the first whose max timestamp reaches
@@ -1558,3 +1601,6 @@ mod tests;
 
 #[cfg(test)]
 mod idempotence_tests;
+
+#[cfg(test)]
+mod fault_tests;

@@ -410,6 +410,13 @@ impl Consumer {
                     cursor.offset = log_start_offset;
                     continue;
                 }
+                Err(e @ ferry_log::LogError::CorruptBatch { last_offset, .. }) => {
+                    // Never delivered, and must not wedge the consumer: the
+                    // stream goes on after the damaged batch.
+                    tracing::error!(queue = %self.queue.cfg.name, error = %e, "skipping a corrupt batch of a stream");
+                    cursor.offset = cursor.offset.max(last_offset + 1);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue.cfg.name, error = %e, "stream read failed");
                 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::CoreError;
-use ferry_log::Log;
+use ferry_log::{Log, LogError};
 use futures_util::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -26,6 +26,9 @@ const TOPIC_IDS_SINCE_VERSION: i16 = 13;
 struct TopicTargets {
     name: TopicName,
     id: uuid::Uuid,
+    /// The topic's name if it exists (since v13 requests give only its id),
+    /// for metrics and log lines.
+    known_name: Option<String>,
     partitions: Vec<(i32, Target)>,
 }
 
@@ -81,6 +84,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
         topics.push(TopicTargets {
             name: fetch_topic.topic.clone(),
             id: fetch_topic.topic_id,
+            known_name: topic.as_ref().ok().map(|t| t.name.clone()),
             partitions: targets,
         });
     }
@@ -128,7 +132,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
 /// counted, not the reads a long poll discards.
 fn count_sent(ctx: &Ctx, topics: &[TopicTargets], responses: &[FetchableTopicResponse]) {
     for (topic, response) in topics.iter().zip(responses) {
-        let mut name: Option<String> = None;
+        let name = topic.known_name.as_deref().unwrap_or(&topic.name.0);
         for ((index, target), data) in topic.partitions.iter().zip(&response.partitions) {
             let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) else {
                 continue;
@@ -140,11 +144,6 @@ fn count_sent(ctx: &Ctx, topics: &[TopicTargets], responses: &[FetchableTopicRes
                 .iter()
                 .map(|(base, last, _)| (last - (*base).max(target.fetch_offset) + 1).max(0))
                 .sum();
-            // Since v13 requests name topics by id only.
-            let name = name.get_or_insert_with(|| match ctx.broker.topic_by_id(topic.id) {
-                Some(t) if topic.name.0.is_empty() => t.name.clone(),
-                _ => topic.name.0.to_string(),
-            });
             ctx.broker
                 .metrics()
                 .records_out(name, *index, count as u64, records.len() as u64);
@@ -193,6 +192,15 @@ fn read_all(
                             data.records = Some(read.records);
                         }
                         Err(e) => {
+                            if let LogError::CorruptBatch { .. } = e {
+                                tracing::error!(
+                                    topic = %topic.known_name.as_deref().unwrap_or_default(),
+                                    partition = *index,
+                                    fetch_offset = target.fetch_offset,
+                                    error = %e,
+                                    "not serving a corrupt record batch: answered CORRUPT_MESSAGE"
+                                );
+                            }
                             data.error_code = log_error(&e).code();
                             data.high_watermark = log.high_watermark();
                             data.last_stable_offset = data.high_watermark;

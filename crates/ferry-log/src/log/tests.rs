@@ -20,7 +20,7 @@ use crate::{FsyncPolicy, LogConfig, ManualClock};
 
 const T0: i64 = 1_700_000_000_000;
 
-fn config(fsync: FsyncPolicy) -> LogConfig {
+pub(super) fn config(fsync: FsyncPolicy) -> LogConfig {
     LogConfig {
         segment_bytes: 1 << 20,
         index_interval_bytes: 128,
@@ -29,16 +29,16 @@ fn config(fsync: FsyncPolicy) -> LogConfig {
     }
 }
 
-fn clock() -> Arc<ManualClock> {
+pub(super) fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(T0))
 }
 
-fn open(dir: &Path, config: LogConfig, clock: &Arc<ManualClock>) -> Log {
+pub(super) fn open(dir: &Path, config: LogConfig, clock: &Arc<ManualClock>) -> Log {
     Log::open(dir, config, clock.clone()).expect("open log")
 }
 
 /// The headers of the concatenated whole batches in `bytes`.
-fn headers_of(mut bytes: &[u8]) -> Vec<BatchHeader> {
+pub(super) fn headers_of(mut bytes: &[u8]) -> Vec<BatchHeader> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let h = BatchHeader::parse(bytes).expect("whole batch");
@@ -50,7 +50,7 @@ fn headers_of(mut bytes: &[u8]) -> Vec<BatchHeader> {
 }
 
 /// `batch` as the log stores it once given `base_offset`.
-fn assigned(batch: &[u8], base_offset: i64) -> Vec<u8> {
+pub(super) fn assigned(batch: &[u8], base_offset: i64) -> Vec<u8> {
     let mut b = batch.to_vec();
     crate::batch::assign(&mut b, base_offset, 0);
     b
@@ -147,7 +147,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
     names
 }
 
-fn log_path(dir: &Path, base: i64) -> PathBuf {
+pub(super) fn log_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(segment::log_file_name(base))
 }
 
