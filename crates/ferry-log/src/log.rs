@@ -180,13 +180,28 @@ struct ReadPlan {
     generation: u64,
 }
 
-/// Failure injection for tests: the disk errors that are hard to cause for real.
+/// Failure injection for tests: the disk errors that are hard to cause for
+/// real, and what a power cut would keep.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct TestHooks {
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     pub fail_next_write: std::sync::atomic::AtomicBool,
     pub syncs: std::sync::atomic::AtomicU64,
+    /// Bytes of each segment file that are on disk for certain: its length
+    /// when an fsync of it began that then succeeded (or when it was opened,
+    /// or its directory entry fsynced after creation). A simulated power
+    /// cut keeps these and loses, or garbles, what follows.
+    pub durable_lens: Mutex<std::collections::HashMap<PathBuf, u64>>,
+}
+
+#[cfg(test)]
+impl TestHooks {
+    fn made_durable(&self, path: &Path, len: u64) {
+        let mut lens = self.durable_lens.lock().expect("test hooks lock");
+        let known = lens.entry(path.to_path_buf()).or_insert(0);
+        *known = (*known).max(len);
+    }
 }
 
 /// A group-commit turn: frees the lock, then wakes everyone waiting for the
@@ -215,7 +230,7 @@ pub struct Log {
     /// validated before it is taken.
     max_batch_bytes: AtomicU32,
     #[cfg(test)]
-    pub(crate) hooks: TestHooks,
+    pub(crate) hooks: Arc<TestHooks>,
 }
 
 /// The state an fsync job finishes with: shared with the blocking pool, so
@@ -457,6 +472,16 @@ impl Log {
         // removal and the marker's removal durable at once.
         segment::sync_dir(dir).map_err(dir_err)?;
 
+        #[cfg(test)]
+        let hooks = {
+            // Everything kept at open is on disk: the sealed segments were
+            // fsynced when they were rolled, the last one just now.
+            let hooks = Arc::new(TestHooks::default());
+            for seg in &segments {
+                hooks.made_durable(&seg.path, seg.size);
+            }
+            hooks
+        };
         let end = active.mark();
         let log_start_offset = segments[0].base_offset;
         tracing::info!(
@@ -492,7 +517,7 @@ impl Log {
             sync_lock: tokio::sync::Mutex::new(()),
             sync_ended: tokio::sync::Notify::new(),
             #[cfg(test)]
-            hooks: TestHooks::default(),
+            hooks,
         })
     }
 
@@ -654,7 +679,7 @@ impl Log {
             };
             // The blocking job both fsyncs and accounts for the outcome, so that
             // dropping this future (a client hanging up) cannot lose a failure.
-            let job = self.sync_job(Arc::clone(&point.file));
+            let job = self.sync_job(Arc::clone(&point.file), &point.path);
             let core = Arc::clone(&self.core);
             let path = point.path.clone();
             tokio::task::spawn_blocking(move || {
@@ -927,7 +952,7 @@ impl Log {
         let Some(point) = point else {
             return Ok(false);
         };
-        let result = self.sync_job(Arc::clone(&point.file))();
+        let result = self.sync_job(Arc::clone(&point.file), &point.path)();
         let mut guard = self.lock();
         self.core.finish_sync(&mut guard, point, result)?;
         Ok(true)
@@ -938,7 +963,7 @@ impl Log {
         let Some(point) = self.capture_sync() else {
             return Ok(());
         };
-        let result = self.sync_job(Arc::clone(&point.file))();
+        let result = self.sync_job(Arc::clone(&point.file), &point.path)();
         let mut guard = self.lock();
         self.core.finish_sync(&mut guard, point, result)
     }
@@ -952,7 +977,7 @@ impl Log {
         let mut guard = self.lock();
         let inner = &mut *guard;
         if let Some(point) = Self::capture_locked(inner) {
-            let result = self.sync_job(Arc::clone(&point.file))();
+            let result = self.sync_job(Arc::clone(&point.file), &point.path)();
             self.core.finish_sync(inner, point, result)?;
         }
         for seg in inner.segments.iter_mut().filter(|s| !s.index_files_current) {
@@ -1050,7 +1075,7 @@ impl Log {
         // Recovery verifies only the last segment, so a segment must be on
         // disk before another is started after it. This fsync holds the lock,
         // stalling appends for its duration; rolls are rare enough for that.
-        if let Err(e) = self.sync_job(file)() {
+        if let Err(e) = self.sync_job(file, &path)() {
             self.core.discard_undurable(inner);
             return Err(LogError::io(&path, e));
         }
@@ -1089,6 +1114,8 @@ impl Log {
             }
             return Err(LogError::io(&self.dir, e));
         }
+        #[cfg(test)]
+        self.hooks.made_durable(&new.path, 0);
         let start = new.mark();
         inner.segments.push(new);
         // Everything before the new segment is durable, hence visible under
@@ -1153,19 +1180,29 @@ impl Log {
 
     /// The fsync of one segment file, as a job for the blocking pool or to run
     /// in place.
-    fn sync_job(&self, file: Arc<File>) -> impl FnOnce() -> io::Result<()> + Send + 'static {
+    fn sync_job(
+        &self,
+        file: Arc<File>,
+        path: &Path,
+    ) -> impl FnOnce() -> io::Result<()> + Send + 'static {
         #[cfg(test)]
-        let injected = {
+        let (injected, hooks, path) = {
             self.hooks.syncs.fetch_add(1, Ordering::SeqCst);
-            self.hooks.fail_next_sync.swap(false, Ordering::SeqCst)
+            let injected = self.hooks.fail_next_sync.swap(false, Ordering::SeqCst);
+            (injected, Arc::clone(&self.hooks), path.to_path_buf())
         };
         #[cfg(not(test))]
-        let injected = false;
+        let (injected, _) = (false, path);
         move || {
             if injected {
                 return Err(io::Error::other("injected fsync failure"));
             }
-            file.sync_data()
+            #[cfg(test)]
+            let len = file.metadata()?.len();
+            file.sync_data()?;
+            #[cfg(test)]
+            hooks.made_durable(&path, len);
+            Ok(())
         }
     }
 
