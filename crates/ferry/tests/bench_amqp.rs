@@ -93,4 +93,35 @@ fn publishes_consumes_and_counts() {
     assert_eq!(s["consumed"]["messages"], 1001);
     assert_eq!(s["latency"]["samples"], 1001);
     assert!(s.get("published").is_none(), "{s:#}");
+
+    // Fan-out: one producer, a fanout exchange bound to three queues, each
+    // message delivered three times; and a plot of the run.
+    let plot = dir.path().join("fanout.svg");
+    let (ok, s, stderr) = bench(
+        &url,
+        &[
+            "--fanout",
+            "--queues",
+            "3",
+            "--queue-prefix",
+            "fan",
+            "--count",
+            "300",
+            "--persistent",
+            "--confirm",
+            "--manual-ack",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{s:#}\n{stderr}");
+    assert_eq!(s["config"]["producers"], 1);
+    assert_eq!(s["published"]["confirmed"], 300);
+    assert_eq!(s["consumed"]["messages"], 900);
+    assert_eq!(s["latency"]["samples"], 900);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.contains("<polyline") && svg.contains("consumed"),
+        "{svg}"
+    );
 }

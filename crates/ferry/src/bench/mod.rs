@@ -1,15 +1,17 @@
 //! `ferry bench`: load generators that measure a broker with the same client
 //! whichever broker it is (Ferry, RabbitMQ, ...), so that a comparison is
 //! side by side. `ferry bench amqp` speaks AMQP 0-9-1 through the `lapin`
-//! crate, `ferry bench sqs` the SQS JSON protocol over hyper, and `ferry
+//! crate, `ferry bench sqs` the SQS JSON protocol over hyper, `ferry bench
+//! kafka` Produce and Fetch on the `kafka-protocol` codecs, and `ferry
 //! bench nats` and `ferry bench redis` drive NATS JetStream and Redis Streams
 //! as durable queues with small clients of their own protocols (`driver`
-//! runs the load for both, `wire` is their buffered socket). They share
+//! runs the load for these three, `wire` is their buffered socket). They share
 //! `stats` (latency histograms, counters, the progress line, the broker's
 //! CPU and memory) and `report` (the summary and its JSON).
 
 mod amqp;
 mod driver;
+mod kafka;
 mod nats;
 mod plot;
 mod redis;
@@ -87,6 +89,31 @@ error, batch entries that failed, messages not deleted at the end)."
         )
     )]
     Sqs(sqs::SqsArgs),
+    /// Produce and consume through a Kafka-protocol broker (Ferry, Kafka,
+    /// Redpanda) and report msgs/s, MB/s and end-to-end latency.
+    #[command(
+        long_about = "Produce and consume through a Kafka-protocol broker (Ferry, Apache Kafka, \
+Redpanda; one node) and report produced and consumed msgs/s and MB/s and the end-to-end \
+latency from a send timestamp carried in each record value.\n\n\
+The topic is PREFIX-N with one partition per queue (N = --queues), deleted and created again \
+before the run unless --no-purge. Producers send uncompressed RecordBatch v2 with Produce v9 \
+(acks all by default), one request per flush with a batch for each partition that has records \
+waiting, and keep up to --window records unacknowledged; producer i sends to partitions i, \
+i+P, ... in turn. Each partition has one consumer, fetching with Fetch v12 from the earliest \
+offset (--fetch-bytes per request).\n\n\
+A progress line goes to stderr every second; the summary goes to stdout (JSON with --json).",
+        after_help = concat!(
+            "Examples:\n",
+            "  ferry bench kafka --count 1000000 --window 10000\n",
+            "  ferry bench kafka --queues 8 --producers 2 --size 10240 --count 100000\n",
+            "  ferry bench kafka --duration 30s --rate 10000\n",
+            "  ferry bench kafka --publish-only --count 10000000   # fill a backlog\n",
+            "  ferry bench kafka --consume-only                    # read it\n\n",
+            "Exit codes: 0 the run completed, 1 it did not (usage error, connection error, a \
+partition error, records missing at the end)."
+        )
+    )]
+    Kafka(kafka::KafkaArgs),
     /// Publish and consume through NATS JetStream (file-stored work-queue
     /// streams, pull consumers) for comparison with Ferry.
     #[command(
@@ -140,6 +167,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let result = match args.command {
         BenchCommand::Amqp(a) => runtime.block_on(amqp::run(a)),
         BenchCommand::Sqs(a) => runtime.block_on(sqs::run(a)),
+        BenchCommand::Kafka(a) => runtime.block_on(kafka::run(a)),
         BenchCommand::Nats(a) => runtime.block_on(nats::run(a)),
         BenchCommand::Redis(a) => runtime.block_on(redis::run(a)),
     };

@@ -245,22 +245,15 @@ impl Conn {
     }
 
     fn encode<R: Request>(&mut self, req: &R, version: i16) -> Result<(BytesMut, ApiKey)> {
-        let api_key = ApiKey::try_from(R::KEY)
-            .map_err(|_| CliError::local(format!("unknown API key {}", R::KEY)))?;
         self.correlation_id = self.correlation_id.wrapping_add(1);
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(self.client_id.clone());
         let mut frame = BytesMut::with_capacity(256);
-        frame.extend_from_slice(&[0; 4]);
-        header
-            .encode(&mut frame, api_key.request_header_version(version))
-            .and_then(|()| req.encode(&mut frame, version))
-            .map_err(|e| CliError::local(format!("cannot encode {api_key:?} v{version}: {e}")))?;
-        let len = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&len.to_be_bytes());
+        let api_key = encode_request(
+            &mut frame,
+            req,
+            version,
+            self.correlation_id,
+            &self.client_id,
+        )?;
         Ok((frame, api_key))
     }
 
@@ -317,6 +310,32 @@ impl Conn {
         self.stream = Some(stream);
         Ok(body)
     }
+}
+
+/// Appends one request, framed (length, header, body), to `out`.
+pub fn encode_request<R: Request>(
+    out: &mut BytesMut,
+    req: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+) -> Result<ApiKey> {
+    let api_key = ApiKey::try_from(R::KEY)
+        .map_err(|_| CliError::local(format!("unknown API key {}", R::KEY)))?;
+    let mut header = RequestHeader::default();
+    header.request_api_key = R::KEY;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(client_id.clone());
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    header
+        .encode(out, api_key.request_header_version(version))
+        .and_then(|()| req.encode(out, version))
+        .map_err(|e| CliError::local(format!("cannot encode {api_key:?} v{version}: {e}")))?;
+    let len = (out.len() - start - 4) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(api_key)
 }
 
 fn timed_out(addr: &str, timeout: Duration) -> CliError {

@@ -2,9 +2,9 @@
 //! Kafka client of a running broker (`--brokers`), so it works against any
 //! Kafka-compatible broker, not only Ferry. See docs/cli.md.
 
-mod client;
+pub mod client;
 mod consume;
-mod error;
+pub mod error;
 mod group;
 mod member;
 mod output;
