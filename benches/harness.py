@@ -143,8 +143,10 @@ class Ferry:
         self.proc: subprocess.Popen | None = None
 
     def command(self, data: str, port: int | str) -> list[str]:
-        return [str(self.binary), "serve", "--data-dir", data, "--kafka-listen", "127.0.0.1:0",
-                "--amqp-listen", f"127.0.0.1:{port}", "--sqs-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+        kafka, amqp = (port, 0) if self.protocol == "kafka" else (0, port)
+        return [str(self.binary), "serve", "--data-dir", data,
+                "--kafka-listen", f"127.0.0.1:{kafka}", "--amqp-listen", f"127.0.0.1:{amqp}",
+                "--sqs-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
 
     def start(self, tag: str) -> None:
         d = self.run_dir / tag
@@ -158,13 +160,14 @@ class Ferry:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BenchError(f"ferry exited: {(d / 'ferry.log').read_text()[-2000:]}")
-            if "amqp listening on" in ANSI.sub("", (d / "ferry.log").read_text()):
+            if f"{self.protocol} listening on" in ANSI.sub("", (d / "ferry.log").read_text()):
                 break
             time.sleep(0.05)
         else:
-            raise BenchError("ferry did not report its AMQP listener in 30 s")
+            raise BenchError(f"ferry did not report its {self.protocol} listener in 30 s")
         self.pid = self.proc.pid
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
+        self.url = (f"127.0.0.1:{self.port}" if self.protocol == "kafka"
+                    else f"amqp://guest:guest@127.0.0.1:{self.port}/%2f")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -295,6 +298,13 @@ class Epmd:
         self.logfile.close()
 
 
+class FerryKafka(Ferry):
+    """`ferry serve` measured through the Kafka protocol (`ferry bench
+    kafka`: acks=all, a topic with a partition per queue)."""
+    name = "ferry-kafka"
+    protocol = "kafka"
+
+
 class Daemon:
     """A broker that is one process started in the foreground: its command
     line, how to tell it is ready, and its URL for `ferry bench`."""
@@ -380,7 +390,8 @@ def dpkg_version(pkg: str) -> str:
 def bench(ferry: Path, broker, args: list[str], logpath: Path, timeout: float) -> dict:
     """Runs `ferry bench` with the broker's protocol against it and returns
     the summary, with the client's CPU time and the machine's load added."""
-    cmd = [str(ferry), "bench", broker.protocol, "--url", broker.url, "--json",
+    target = "--brokers" if broker.protocol == "kafka" else "--url"
+    cmd = [str(ferry), "bench", broker.protocol, target, broker.url, "--json",
            "--broker-pid", str(broker.pid)] + args
     busy0, steal0 = system_cpu()
     load0 = load1()
