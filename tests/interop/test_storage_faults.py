@@ -46,9 +46,9 @@ def test_confluent_kafka_never_gets_a_corrupt_batch(ferry):
     create_topic(ferry.bootstrap, topic, config={"segment.bytes": "1024"})
     producer = make_producer(ferry.bootstrap, **{"linger.ms": 0})
     values = [f"value-{i:04d}-{'x' * 150}".encode() for i in range(RECORDS)]
-    for v in values:
+    for i, v in enumerate(values):
         # One produce and flush per record: one batch per record.
-        assert produce_ok(producer, topic, [dict(partition=0, value=v)]) is not None
+        assert produce_ok(producer, topic, [dict(partition=0, value=v)]) == [(0, i)]
     assert ferry.stop() == 0
 
     segments = sorted((ferry.data_dir / "topics" / topic / "0").glob("*.log"))
