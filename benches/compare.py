@@ -239,6 +239,29 @@ def render(meta: dict, scenarios: list[dict], results: dict, backlog: dict) -> s
                   f"{fmt(r['rss_mb_queued'], 1)} | {fmt(r['drain_msgs_per_s'])} | "
                   f"{fmt(r['drain_broker_cpu_s'], 1)} |")
         w("")
+    w("The commands, one fresh broker per run (`<addr>` and `<pid>` are its address and "
+      "process; every run adds `--json --broker-pid <pid>`, the last round `--plot "
+      "docs/bench/<workload>-<system>.svg`):")
+    w("")
+    w("```sh")
+    target = {"amqp": "--url amqp://guest:guest@<addr>/%2f", "kafka": "--brokers <addr>",
+              "nats": "--url nats://<addr>", "redis": "--url redis://<addr>"}
+    protocol = {"ferry": "amqp", "ferry-kafka": "kafka", "rabbitmq": "amqp", "nats": "nats",
+                "redis": "redis"}
+    for b in systems:
+        pr = protocol[b]
+        w(f"# {LABEL[b]}")
+        for sc in scenarios:
+            if (b, sc["kind"]) not in UNSUPPORTED:
+                w(f"ferry bench {pr} {target[pr]} {shlex.join(CLIENT_ARGS[pr] + scenario_args(sc))}")
+        if b in backlog:
+            n = backlog[b]["count"]
+            w(f"ferry bench {pr} {target[pr]} {shlex.join(CLIENT_ARGS[pr])} --queues 1 "
+              f"--publish-only --count {n} --idle-timeout 120s   # then VmRSS after 10 s")
+            w(f"ferry bench {pr} {target[pr]} {shlex.join(CLIENT_ARGS[pr])} --queues 1 "
+              f"--consume-only --idle-timeout 120s")
+    w("```")
+    w("")
     w("Plots of the last round (throughput over time, latency by percentile): " + ", ".join(
         f"[{sc['name']} {b}](bench/{sc['name']}-{b}.svg)"
         for sc in scenarios for b in systems if results.get(sc["name"], {}).get(b)) + ".")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 
 from confluent_kafka import TopicPartition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from amqp_util import connect
 from http_util import call, get, get_ok
+from sqs_util import sqs_client
 from interop_util import consume_n, make_consumer, make_producer, produce_ok, unique_topic, wait_until
 
 
@@ -139,6 +142,46 @@ def test_http_requests_are_counted_by_route(ferry):
     get(ferry, "/made-up/path")
     names = {dict(k[1]).get("request") for k in scrape(ferry) if k[0] == "ferry_requests_total"}
     assert "GET other" in names and not any("made-up" in (n or "") for n in names)
+
+
+def test_sqs_actions_are_counted_with_latencies(ferry):
+    client = sqs_client(ferry)
+    url = client.create_queue(QueueName="metered-sqs")["QueueUrl"]
+    for i in range(100):
+        client.send_message(QueueUrl=url, MessageBody=f"m{i}")
+    s = scrape(ferry)
+    assert value(s, "ferry_requests_total", protocol="sqs", request="SendMessage") == 100
+    assert value(s, "ferry_requests_total", protocol="sqs", request="CreateQueue") == 1
+    assert value(s, "ferry_request_duration_seconds_count", protocol="sqs", request="SendMessage") == 100
+    assert value(s, "ferry_request_duration_seconds_sum", protocol="sqs", request="SendMessage") > 0
+    # Action names are the client's strings: unknown ones are not counted.
+    raw = urllib.request.Request(ferry.sqs_endpoint + "/", data=b"Action=MadeUpAction&Version=2012-11-05",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        urllib.request.urlopen(raw, timeout=10)
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
+    names = {dict(k[1]).get("request") for k in scrape(ferry) if k[0] == "ferry_requests_total"}
+    assert "MadeUpAction" not in names
+    assert value(scrape(ferry), "ferry_connections_opened_total", protocol="sqs") >= 1
+
+
+def test_amqp_methods_are_counted_with_latencies(ferry):
+    conn = connect(ferry)
+    ch = conn.channel()
+    ch.queue_declare("metered-amqp")
+    for _ in range(100):
+        ch.basic_publish("", "metered-amqp", b"m")
+    ch.queue_declare("metered-amqp", passive=True)  # a round trip: every publish was handled
+    s = wait_until(lambda: (s := scrape(ferry)) and value(s, "ferry_requests_total", 0, protocol="amqp",
+                                                           request="queue.declare") == 2 and s,
+                   what="both queue.declare counted")
+    assert value(s, "ferry_requests_total", protocol="amqp", request="basic.publish") == 100
+    assert value(s, "ferry_requests_total", protocol="amqp", request="channel.open") == 1
+    assert value(s, "ferry_request_duration_seconds_count", protocol="amqp", request="basic.publish") == 100
+    assert value(s, "ferry_connections", protocol="amqp") == 1
+    conn.close()
+    wait_until(lambda: value(scrape(ferry), "ferry_connections", protocol="amqp") == 0, what="the connection gone")
 
 
 def test_overview_message_rates_follow_traffic(ferry):

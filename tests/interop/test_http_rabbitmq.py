@@ -6,7 +6,7 @@ from __future__ import annotations
 import pika
 
 from amqp_util import connect
-from http_util import assert_error, get, get_ok
+from http_util import get_ok
 from interop_util import wait_until
 
 
@@ -43,7 +43,3 @@ def test_queues_exchanges_and_overview_in_rabbitmqs_shape(ferry):
     wait_until(lambda: get_ok(ferry, "/rabbitmq/api/overview")["queue_totals"]["messages_unacknowledged"] == 0,
                what="the unacked message back in the queue")
 
-
-def test_connections_are_not_pretended(ferry):
-    # The AMQP front end does not report connections yet: a 404, not an empty list.
-    assert_error(get(ferry, "/rabbitmq/api/connections"), 404, "not_found")

@@ -23,6 +23,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use bytes::{Bytes, BytesMut};
 use ferry_core::access::{Permission, Resource};
 use ferry_core::alarm::ResourceAlarms;
+use ferry_core::connections::{Channel as ChannelInfo, Registration};
 use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
     MessagingError, Queue, QueueSpec, StreamOffset,
@@ -187,6 +188,8 @@ struct Channel {
     last_queue: String,
     /// (consumer tag, reply address) when consuming direct reply-to.
     reply: Option<(String, String)>,
+    /// What the connection registry was last told of this channel.
+    reported: Option<ChannelInfo>,
 }
 
 impl Channel {
@@ -208,6 +211,7 @@ impl Channel {
             tx: None,
             last_queue: String::new(),
             reply: None,
+            reported: None,
         }
     }
 }
@@ -267,6 +271,9 @@ struct Conn {
     /// Queues with acks whose journal records are not written yet (written
     /// by `flush`).
     journal_owed: Vec<Arc<Queue>>,
+    /// This connection in the broker's registry (admin API): traffic,
+    /// identity, channels, and an operator's request to close it.
+    registration: Registration,
 }
 
 fn now_ms() -> i64 {
@@ -303,6 +310,12 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
     }
+    let local = socket.local_addr().unwrap_or(peer);
+    let registration = shared
+        .config
+        .metrics
+        .connections()
+        .register("amqp", peer, local);
     let (rd, mut wr) = socket.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut header = [0u8; 8];
@@ -312,7 +325,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     }
     if &header != PROTOCOL_HEADER {
         // AMQP 0-9-1 §4.2.2: answer with the protocol we speak, then close.
-        tracing::debug!(%peer, header = ?header, "amqp: unsupported protocol header");
+        tracing::warn!(%peer, header = ?header, "closing amqp connection: not an AMQP 0-9-1 protocol header");
         let _ = wr.write_all(PROTOCOL_HEADER).await;
         let _ = wr.shutdown().await;
         return;
@@ -329,6 +342,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         last_read_ms.clone(),
         epoch,
         shared.config.frame_timeout,
+        peer,
     ));
     let (writer, writer_rx) = mpsc::channel(WRITE_QUEUE_CHUNKS);
     let writer_task = tokio::spawn(write_loop(wr, writer_rx));
@@ -373,6 +387,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         blocked_sent: false,
         write_permitted: HashSet::new(),
         journal_owed: Vec::new(),
+        registration,
     };
     let opened = conn.handshake().await;
     if opened {
@@ -396,6 +411,7 @@ async fn read_loop(
     last_read_ms: Arc<AtomicU64>,
     epoch: Instant,
     frame_timeout: Duration,
+    peer: SocketAddr,
 ) {
     loop {
         let mut batch = Vec::new();
@@ -411,6 +427,7 @@ async fn read_loop(
                 Ok(Err(e)) => failed = Some(e),
                 Err(_) => {
                     tracing::warn!(
+                        %peer,
                         "closing amqp connection: a frame was not complete {} ms after it began (frame_timeout)",
                         frame_timeout.as_millis()
                     );
@@ -531,6 +548,8 @@ impl Conn {
             return;
         }
         let chunk = self.out.split().freeze();
+        self.registration
+            .sent(chunk.len() as u64, frame::count_frames(&chunk));
         self.wrote_since_tick = true;
         let share = chunk.len().min(WRITE_QUEUE_BYTES_MAX) as u32;
         let Ok(permit) = self.write_budget.clone().acquire_many_owned(share).await else {
@@ -635,6 +654,13 @@ impl Conn {
             .await;
             return false;
         };
+        let client = ["connection_name", "product"].into_iter().find_map(|k| {
+            match table::lookup(&m.table, k) {
+                Some(FieldValue::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+                _ => None,
+            }
+        });
+        self.registration.update_identity(|i| i.client = client);
         if let Some(FieldValue::Table(caps)) = table::lookup(&m.table, "capabilities") {
             let on = |k: &str| matches!(table::lookup(caps, k), Some(FieldValue::Bool(true)));
             self.caps = ClientCaps {
@@ -755,6 +781,10 @@ impl Conn {
                 .await;
             return false;
         }
+        self.registration.update_identity(|i| {
+            i.user = Some(self.user.clone());
+            i.vhost = Some(vhost.clone());
+        });
         self.vhost = vhost;
         self.send_method(
             0,
@@ -857,6 +887,10 @@ impl Conn {
                     }
                 }
                 _ = sleep_until_opt(close_deadline) => self.done = true,
+                reason = self.registration.close_requested(), if close_deadline.is_none() => {
+                    // As RabbitMQ's management API closes a connection.
+                    self.close_connection(&AmqpError::connection(CONNECTION_FORCED, reason)).await;
+                }
             }
             self.handle_ready_events().await;
         }
@@ -866,6 +900,11 @@ impl Conn {
     async fn on_read_event(&mut self, ev: Option<ReadEvent>) {
         match ev {
             Some(ReadEvent::Frames(fs)) => {
+                let bytes: usize = fs
+                    .iter()
+                    .map(|f| frame::FRAME_OVERHEAD_BYTES + f.payload.len())
+                    .sum();
+                self.registration.received(bytes as u64, fs.len() as u64);
                 self.read_ahead.extend(fs);
                 self.on_read_ahead().await;
             }
@@ -886,8 +925,22 @@ impl Conn {
             let Some(f) = self.read_ahead.pop_front() else {
                 return;
             };
+            let method = match (f.kind, f.payload.get(..4)) {
+                (FRAME_METHOD, Some(ids)) => frame::method_name(
+                    u16::from_be_bytes([ids[0], ids[1]]),
+                    u16::from_be_bytes([ids[2], ids[3]]),
+                ),
+                _ => None,
+            };
+            let started = Instant::now();
             if let Err(e) = self.on_frame(f).await {
                 self.on_error(e).await;
+            }
+            if let Some(name) = method {
+                // The connection's own time on the method: a confirm's
+                // fsync is waited for elsewhere, after this.
+                let elapsed = started.elapsed();
+                self.config().metrics.request("amqp", name, elapsed);
             }
         }
     }
@@ -1148,10 +1201,29 @@ impl Conn {
             }
             other => other,
         };
-        if !ch.gone {
+        if ch.gone {
+            self.registration.remove_channel(id);
+        } else {
+            self.report_channel(&mut ch);
             self.channels.insert(id, ch);
         }
         result
+    }
+
+    /// Tells the registry about a channel whose settings changed (opened,
+    /// qos, consumers, confirm or tx mode); most frames change none.
+    fn report_channel(&self, ch: &mut Channel) {
+        let now = ChannelInfo {
+            id: ch.id,
+            prefetch: ch.prefetch,
+            consumers: ch.consumers.len(),
+            confirm: ch.confirm,
+            transactional: ch.tx.is_some(),
+        };
+        if ch.reported.as_ref() != Some(&now) {
+            self.registration.set_channel(now.clone());
+            ch.reported = Some(now);
+        }
     }
 
     fn open_channel(&mut self, id: u16) -> Result<(), AmqpError> {
@@ -1178,7 +1250,9 @@ impl Conn {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.channels.insert(id, Channel::new(id, generation));
+        let mut ch = Channel::new(id, generation);
+        self.report_channel(&mut ch);
+        self.channels.insert(id, ch);
         self.send_method(
             id,
             AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),

@@ -4,6 +4,7 @@
 use ferry_core::messaging::MessagingError;
 
 pub const NO_ROUTE: u16 = 312;
+pub const CONNECTION_FORCED: u16 = 320;
 pub const ACCESS_REFUSED: u16 = 403;
 pub const NOT_FOUND: u16 = 404;
 pub const RESOURCE_LOCKED: u16 = 405;

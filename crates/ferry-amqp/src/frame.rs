@@ -332,14 +332,84 @@ pub fn put_content(
     }
 }
 
+/// The name of a method clients send (`basic.publish`), for request
+/// metrics; `None` for ids outside AMQP 0-9-1, so that a client cannot add
+/// metric series of its own.
+pub fn method_name(class_id: u16, method_id: u16) -> Option<&'static str> {
+    Some(match (class_id, method_id) {
+        (10, 11) => "connection.start-ok",
+        (10, 21) => "connection.secure-ok",
+        (10, 31) => "connection.tune-ok",
+        (10, 40) => "connection.open",
+        (10, 50) => "connection.close",
+        (10, 51) => "connection.close-ok",
+        (10, 60) => "connection.blocked",
+        (10, 61) => "connection.unblocked",
+        (10, 70) => "connection.update-secret",
+        (20, 10) => "channel.open",
+        (20, 20) => "channel.flow",
+        (20, 21) => "channel.flow-ok",
+        (20, 40) => "channel.close",
+        (20, 41) => "channel.close-ok",
+        (40, 10) => "exchange.declare",
+        (40, 20) => "exchange.delete",
+        (40, 30) => "exchange.bind",
+        (40, 40) => "exchange.unbind",
+        (50, 10) => "queue.declare",
+        (50, 20) => "queue.bind",
+        (50, 30) => "queue.purge",
+        (50, 40) => "queue.delete",
+        (50, 50) => "queue.unbind",
+        (60, 10) => "basic.qos",
+        (60, 20) => "basic.consume",
+        (60, 30) => "basic.cancel",
+        (60, 40) => "basic.publish",
+        (60, 70) => "basic.get",
+        (60, 80) => "basic.ack",
+        (60, 90) => "basic.reject",
+        (60, 100) => "basic.recover-async",
+        (60, 110) => "basic.recover",
+        (60, 120) => "basic.nack",
+        (85, 10) => "confirm.select",
+        (90, 10) => "tx.select",
+        (90, 20) => "tx.commit",
+        (90, 30) => "tx.rollback",
+        _ => return None,
+    })
+}
+
+/// How many whole frames `chunk` (frames we encoded) holds, for the
+/// connection's traffic counters: it walks the size fields only.
+pub fn count_frames(chunk: &[u8]) -> u64 {
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(size) = chunk.get(at + 3..at + 7) {
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+        at += FRAME_OVERHEAD_BYTES + size;
+        count += 1;
+    }
+    count
+}
+
 pub fn put_heartbeat(out: &mut BytesMut) {
     out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
 }
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn counts_the_frames_it_encoded() {
+        let mut out = BytesMut::new();
+        put_heartbeat(&mut out);
+        put_confirm(&mut out, 1, true, 7, false);
+        // A header and two body frames.
+        put_content(&mut out, 1, &[0, 0], &[1u8; 30], 28);
+        assert_eq!(count_frames(&out), 5);
+    }
     use amq_protocol::protocol::{basic, queue};
     use amq_protocol::types::{AMQPValue, FieldTable};
 

@@ -28,6 +28,7 @@ use ferry_core::access::AccessControl;
 use ferry_core::alarm::ResourceAlarms;
 use ferry_core::connection_limit::ConnectionLimit;
 use ferry_core::messaging::Messaging;
+use ferry_core::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -68,6 +69,9 @@ pub struct AmqpConfig {
     /// Users, their passwords and vhost permissions (RabbitMQ's default:
     /// guest/guest on `/`, from loopback only).
     pub access: Arc<AccessControl>,
+    /// The broker's traffic counters and connection registry
+    /// (`Broker::metrics`), where connections are listed and counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// RabbitMQ's default frame_max.
@@ -87,6 +91,7 @@ impl Default for AmqpConfig {
             connections_max: 10_000,
             consumer_unacked_max: u32::from(u16::MAX),
             access: Arc::new(AccessControl::default()),
+            metrics: Arc::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod broker;
 mod browse;
 mod catalog;
 pub mod connection_limit;
+pub mod connections;
 mod error;
 pub mod group;
 pub mod messaging;

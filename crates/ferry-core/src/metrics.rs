@@ -9,15 +9,17 @@
 //! Nothing here knows a wire format; the `prometheus-client` types only hold
 //! the numbers and encode them.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::connections::Connections;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
@@ -29,11 +31,6 @@ struct PartitionLabels {
 struct RequestLabels {
     protocol: &'static str,
     request: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProtocolLabels {
-    protocol: &'static str,
 }
 
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
@@ -52,8 +49,9 @@ pub struct Metrics {
     bytes_out: Family<PartitionLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_seconds: HistogramFamily,
-    connections: Family<ProtocolLabels, Gauge>,
-    connections_opened: Family<ProtocolLabels, Counter>,
+    /// The open connections: every front end reaches `Metrics`, so the
+    /// registry lives here.
+    connections: Arc<Connections>,
     /// Sums over every partition, for message rates without walking the
     /// families.
     records_in_total: AtomicU64,
@@ -69,23 +67,10 @@ impl Default for Metrics {
             bytes_out: Family::default(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
-            connections: Family::default(),
-            connections_opened: Family::default(),
+            connections: Arc::default(),
             records_in_total: AtomicU64::new(0),
             records_out_total: AtomicU64::new(0),
         }
-    }
-}
-
-/// Counts one open connection until dropped.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    gauge: Gauge,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
     }
 }
 
@@ -126,26 +111,9 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// A connection of `protocol` opened; it counts as open until the guard
-    /// is dropped.
-    pub fn connection(&self, protocol: &'static str) -> ConnectionGuard {
-        let labels = ProtocolLabels { protocol };
-        self.connections_opened.get_or_create(&labels).inc();
-        let gauge = self.connections.get_or_create(&labels).clone();
-        gauge.inc();
-        ConnectionGuard { gauge }
-    }
-
-    /// Open connections of every protocol.
-    pub fn open_connections(&self) -> i64 {
-        ["kafka", "amqp", "sqs", "http"]
-            .into_iter()
-            .map(|p| {
-                self.connections
-                    .get_or_create(&ProtocolLabels { protocol: p })
-                    .get()
-            })
-            .sum()
+    /// The registry of open client connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// Records in and out since the broker started, over every partition.
@@ -189,16 +157,7 @@ impl Metrics {
             "Time from a request's arrival to its answer, by protocol and request type",
             self.request_seconds.clone(),
         );
-        registry.register(
-            "ferry_connections",
-            "Client connections open now, by protocol",
-            self.connections.clone(),
-        );
-        registry.register(
-            "ferry_connections_opened",
-            "Client connections accepted, by protocol",
-            self.connections_opened.clone(),
-        );
+        self.connections.register_metrics(registry);
     }
 }
 
@@ -215,10 +174,6 @@ mod tests {
         m.records_in("orders", 0, 5, 200);
         m.records_out("orders", 0, 3, 100);
         m.request("kafka", "Produce", Duration::from_millis(2));
-        let c = m.connection("kafka");
-        assert_eq!(m.open_connections(), 1);
-        drop(c);
-        assert_eq!(m.open_connections(), 0);
         assert_eq!(m.record_totals(), (15, 3));
         let mut registry = Registry::default();
         m.register(&mut registry);
@@ -232,6 +187,5 @@ mod tests {
             text.contains(r#"ferry_partition_bytes_in_total{topic="orders",partition="0"} 700"#)
         );
         assert!(text.contains(r#"ferry_requests_total{protocol="kafka",request="Produce"} 1"#));
-        assert!(text.contains(r#"ferry_connections_opened_total{protocol="kafka"} 1"#));
     }
 }

@@ -1,7 +1,8 @@
 //! Ferry's operations listener (`ferry serve --http-listen`): a JSON admin
 //! API over the broker model of `ferry-core` (topics, consumer groups,
 //! exchanges, queues, bindings, a message browser), its OpenAPI document at
-//! `/api/openapi.json`, and `/metrics` for Prometheus.
+//! `/api/openapi.json`, and `/metrics` for Prometheus. It also lists and
+//! closes client connections.
 //!
 //! It holds no state of its own beyond the start time and the listener
 //! addresses it reports: every answer is read from the broker when asked.
@@ -12,10 +13,12 @@
 //! domain errors to statuses), `request` (query and body parsing with
 //! limits), `overview` (`/api/overview`), `topics` (topics and the record
 //! browser), `groups` (consumer groups, lag, offset resets), `messaging`
-//! (vhosts, exchanges, queues, bindings, queue browsing), `metrics`
+//! (vhosts, exchanges, queues, bindings, queue browsing), `connections`
+//! (client connections of every protocol, closing one), `metrics`
 //! (`/metrics`, HTTP request counting, the overview's message rates),
 //! `rabbitmq` (RabbitMQ's management API subset under `/rabbitmq`).
 
+mod connections;
 mod error;
 mod groups;
 mod messaging;
@@ -119,10 +122,16 @@ pub fn router(admin: Arc<Admin>) -> Router {
             post(messaging::redrive),
         )
         .route("/api/bindings", get(messaging::bindings))
+        .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{id}",
+            get(connections::get).delete(connections::close),
+        )
         .route("/metrics", get(metrics::get))
         .route("/rabbitmq/api/overview", get(rabbitmq::overview))
         .route("/rabbitmq/api/queues", get(rabbitmq::queues))
         .route("/rabbitmq/api/exchanges", get(rabbitmq::exchanges))
+        .route("/rabbitmq/api/connections", get(rabbitmq::connections))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_large_bodies))

@@ -52,7 +52,7 @@ pub async fn get(State(admin): State<Arc<Admin>>) -> Result<Response> {
             "in_total": in_total,
             "out_total": out_total,
         },
-        "connections": broker.metrics().open_connections(),
+        "connections": broker.metrics().connections().count(),
         "disk": {
             "data_dir": data_dir.display().to_string(),
             "topic_bytes": topic_bytes,

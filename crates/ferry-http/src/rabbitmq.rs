@@ -1,11 +1,11 @@
 //! The subset of RabbitMQ's management HTTP API that monitoring tools read
-//! (`/api/overview`, `/api/queues`, `/api/exchanges`, with RabbitMQ's field
-//! names and bare JSON arrays), served under `/rabbitmq`, so a tool pointed
-//! at `http://HOST:PORT/rabbitmq` as its management URL finds them. Ferry's
-//! own API keeps the unprefixed paths.
+//! (`/api/overview`, `/api/queues`, `/api/exchanges`, `/api/connections`,
+//! with RabbitMQ's field names and bare JSON arrays), served under
+//! `/rabbitmq`, so a tool pointed at `http://HOST:PORT/rabbitmq` as its
+//! management URL finds them. Ferry's own API keeps the unprefixed paths.
 //!
-//! Connections are not listed: the AMQP front end does not report them yet,
-//! and an empty list would be a lie, so `/rabbitmq/api/connections` is a 404.
+//! Only AMQP connections are listed there: that is what a RabbitMQ tool
+//! expects to find (a user and vhost on each); `/api/connections` has all.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use crate::connections::millis_since_epoch;
 use crate::messaging::{arguments_json, queue_type_name};
 use crate::{Admin, Result, ok};
 
@@ -126,5 +127,43 @@ pub async fn exchanges(State(admin): State<Arc<Admin>>) -> Result<Response> {
             }));
         }
     }
+    ok(Value::Array(out))
+}
+
+pub async fn connections(State(admin): State<Arc<Admin>>) -> Result<Response> {
+    let node = node_name(&admin);
+    let out: Vec<Value> = admin
+        .broker
+        .metrics()
+        .connections()
+        .list()
+        .iter()
+        .filter(|c| c.protocol == "amqp")
+        .map(|c| {
+            let identity = c.identity();
+            let traffic = c.traffic();
+            json!({
+                // RabbitMQ names a connection by its two ends.
+                "name": format!("{} -> {}", c.peer, c.local),
+                "node": node,
+                "type": "network",
+                "protocol": "AMQP 0-9-1",
+                "state": "running",
+                "user": identity.user.unwrap_or_default(),
+                "vhost": identity.vhost.unwrap_or_default(),
+                "client_properties": {"connection_name": identity.client},
+                "host": c.local.ip().to_string(),
+                "port": c.local.port(),
+                "peer_host": c.peer.ip().to_string(),
+                "peer_port": c.peer.port(),
+                "connected_at": millis_since_epoch(c.connected_at),
+                "channels": c.channels().len(),
+                "recv_oct": traffic.bytes_in,
+                "send_oct": traffic.bytes_out,
+                "recv_cnt": traffic.requests_in,
+                "send_cnt": traffic.requests_out,
+            })
+        })
+        .collect();
     ok(Value::Array(out))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferry_core::Broker;
 use ferry_core::connection_limit::{ConnectionLimit, ConnectionSlot};
+use ferry_core::connections::Connection;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -80,13 +81,23 @@ async fn serve_connection(socket: TcpStream, ctx: Arc<Ctx>, _slot: ConnectionSlo
         tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
     }
     tracing::debug!(%peer, "kafka client connected");
-    let _open = ctx.broker.metrics().connection("kafka");
+    let local = socket.local_addr().unwrap_or(peer);
+    let registration = ctx
+        .broker
+        .metrics()
+        .connections()
+        .register("kafka", peer, local);
     let (rd, wr) = socket.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.connection_requests_in_flight_max.max(1));
-    let reader = read_requests(rd, tx, ctx.clone());
-    let writer = write_responses(wr, rx);
+    let reader = read_requests(rd, tx, ctx.clone(), &registration);
+    let writer = write_responses(wr, rx, &registration);
     tokio::pin!(reader, writer);
     tokio::select! {
+        // Asked to close by an operator (admin API): dropping the halves
+        // closes the socket; Kafka has no way to say why.
+        reason = registration.close_requested() => {
+            tracing::info!(%peer, "closing kafka connection: {reason}");
+        }
         read = &mut reader => {
             if let Err(reason) = read {
                 tracing::warn!(%peer, "closing kafka connection: {reason}");
@@ -110,6 +121,7 @@ async fn read_requests(
     mut rd: OwnedReadHalf,
     tx: mpsc::Sender<InFlight>,
     ctx: Arc<Ctx>,
+    registration: &Connection,
 ) -> Result<(), String> {
     let config = ctx.config.clone();
     // Bytes of requests read but not yet answered, so that a client that never
@@ -163,7 +175,14 @@ async fn read_requests(
             Ok(Ok(_)) => {}
         }
         let frame: Bytes = frame.freeze();
+        registration.received(4 + size as u64, 1);
         let request = handlers::parse_header(&frame).map_err(|e| e.to_string())?;
+        if !registration.has_client()
+            && let Some(client) = &request.header.client_id
+        {
+            let client = client.to_string();
+            registration.update_identity(|i| i.client = Some(client));
+        }
         let api = request.api_key;
         let fetch = match api {
             ApiKey::Fetch => Some(
@@ -213,6 +232,7 @@ async fn read_frame_body(
 async fn write_responses(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<InFlight>,
+    registration: &Connection,
 ) -> Result<(), String> {
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(in_flight) = rx.recv().await {
@@ -229,10 +249,12 @@ async fn write_responses(
             wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
         }
         match task.await {
-            Ok(Outcome::Respond(bytes)) => wr
-                .write_all(&bytes)
-                .await
-                .map_err(|e| format!("write failed: {e}"))?,
+            Ok(Outcome::Respond(bytes)) => {
+                wr.write_all(&bytes)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                registration.sent(bytes.len() as u64, 1);
+            }
             Ok(Outcome::NoResponse) => {}
             Ok(Outcome::Close(reason)) => {
                 let _ = wr.flush().await;

@@ -54,6 +54,7 @@ fn protocol_of(headers: &HeaderMap) -> Protocol {
 
 /// The axum handler for every path and method.
 pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();
     let protocol = protocol_of(&parts.headers);
@@ -98,7 +99,14 @@ pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
         path: parts.uri.path().to_string(),
         host,
     };
-    match sqs.dispatch(&req).await {
+    let result = sqs.dispatch(&req).await;
+    // Only actions SQS has are counted: the name is the client's string,
+    // and each name would be a metric series of its own.
+    if !matches!(&result, Err(e) if e.code == Code::InvalidAction) {
+        let metrics = &sqs.config.metrics;
+        metrics.request("sqs", &req.action, started.elapsed());
+    }
+    match result {
         Ok(result) => ok_response(protocol, &req.action, result, &request_id),
         Err(e) => {
             if e.code == Code::InternalError {

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{Messaging, MessagingError, Queue};
+use ferry_core::metrics::Metrics;
 use tokio::sync::{Notify, watch};
 
 use crate::errors::{Code, SqsError, SqsResult, err, no_queue};
@@ -86,6 +87,9 @@ pub struct SqsConfig {
     /// The broker's resource alarms (`Broker::alarms`): sends are held
     /// while one is on, and throttled if it outlasts `SEND_ALARM_HOLD`.
     pub alarms: watch::Receiver<ResourceAlarms>,
+    /// The broker's traffic counters (`Broker::metrics`): requests and
+    /// their latency, by action.
+    pub metrics: Arc<Metrics>,
 }
 
 impl SqsConfig {
@@ -104,6 +108,7 @@ impl SqsConfig {
             dedup_window: Duration::from_secs(300),
             // No alarm source: never raised.
             alarms: watch::channel(ResourceAlarms::default()).1,
+            metrics: Arc::default(),
         }
     }
 }

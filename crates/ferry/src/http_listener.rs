@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,10 +17,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use bytes::Bytes;
 use ferry_core::connection_limit::ConnectionLimit;
+use ferry_core::connections::{Connection, Connections};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// After a failed accept (e.g. out of file descriptors), wait before retrying
@@ -43,16 +46,24 @@ pub struct HttpLimits {
 }
 
 /// Serves `router` on `listener` until the future is dropped. `name` (`sqs`,
-/// `http`) is used in log lines and the limit's config key.
-pub async fn serve(name: &'static str, listener: TcpListener, router: Router, limits: HttpLimits) {
+/// `http`) is used in log lines and the limit's config key, and is the
+/// protocol its connections are listed under in `registry` (client
+/// connections are; the admin listener's own are not).
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    registry: Option<Arc<Connections>>,
+) {
     let limit = ConnectionLimit::new(name, limits.connections_max);
     let app = router.layer(axum::middleware::map_request_with_state(
         limits.body_timeout,
         with_body_deadline,
     ));
     loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _)) => socket,
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(listener = name, error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_RETRY).await;
@@ -63,19 +74,127 @@ pub async fn serve(name: &'static str, listener: TcpListener, router: Router, li
             refuse(socket);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let local = socket.local_addr().unwrap_or(peer);
+        let registration = registry.as_ref().map(|r| r.register(name, peer, local));
+        let counted = registration.as_ref().map(|r| r.connection());
+        let service = Counting {
+            inner: TowerToHyperService::new(app.clone()),
+            connection: counted.clone(),
+        };
         let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(idle_timeout)
-                .serve_connection(TokioIo::new(socket), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(listener = name, error = %e, "http connection ended");
+                .serve_connection(TokioIo::new(CountingIo::new(socket, counted)), service);
+            let closed = async {
+                match &registration {
+                    Some(r) => r.close_requested().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                served = served => match served {
+                    // Not HTTP: a protocol violation, worth an operator's
+                    // line. Timeouts and clients going away are routine
+                    // (an idle keep-alive connection ends on a timeout).
+                    Err(e) if e.is_parse() => {
+                        tracing::warn!(listener = name, %peer, error = %e, "closing {name} connection: not a valid HTTP/1.1 request");
+                    }
+                    Err(e) => tracing::debug!(listener = name, %peer, error = %e, "http connection ended"),
+                    Ok(()) => {}
+                },
+                // An operator closed it (admin API): dropping the
+                // connection closes the socket.
+                reason = closed => {
+                    tracing::info!(listener = name, %peer, "closing {name} connection: {reason}");
+                }
             }
+            drop(registration);
             drop(slot);
         });
+    }
+}
+
+/// Counts a registered connection's requests and responses.
+#[derive(Clone)]
+struct Counting<S> {
+    inner: S,
+    connection: Option<Arc<Connection>>,
+}
+
+impl<S, R> hyper::service::Service<R> for Counting<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        if let Some(c) = &self.connection {
+            c.received(0, 1);
+        }
+        let answer = self.inner.call(request);
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let response = answer.await;
+            if let Some(c) = connection {
+                c.sent(0, 1);
+            }
+            response
+        })
+    }
+}
+
+/// A socket that adds the bytes read and written to its registered
+/// connection's counters.
+struct CountingIo {
+    socket: TcpStream,
+    connection: Option<Arc<Connection>>,
+}
+
+impl CountingIo {
+    fn new(socket: TcpStream, connection: Option<Arc<Connection>>) -> Self {
+        CountingIo { socket, connection }
+    }
+}
+
+impl AsyncRead for CountingIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.socket).poll_read(cx, buf);
+        if let Some(c) = &self.connection {
+            c.received((buf.filled().len() - before) as u64, 0);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.socket).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(c)) = (&polled, &self.connection) {
+            c.sent(*n as u64, 0);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 

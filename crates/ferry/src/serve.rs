@@ -105,6 +105,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     tracing::info!("kafka listening on {kafka_addr}");
     let amqp_config = ferry_amqp::AmqpConfig {
+        metrics: broker.metrics().clone(),
         frame_max: settings.amqp_frame_max,
         channel_max: settings.amqp_channel_max,
         heartbeat_s: settings.amqp_heartbeat_s,
@@ -127,6 +128,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     sqs_config.region = settings.sqs_region.clone();
     sqs_config.account_id = settings.sqs_account_id.clone();
     sqs_config.alarms = broker.alarms();
+    sqs_config.metrics = broker.metrics().clone();
     sqs_config.request_bytes_max = settings.sqs_request_bytes_max;
     let sqs_state = ferry_sqs::Sqs::open(broker.messaging().clone(), sqs_config)
         .context("cannot start the SQS front end")?;
@@ -135,6 +137,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         sqs_listener,
         ferry_sqs::router(sqs_state, sqs_addr),
         settings.sqs_limits,
+        Some(broker.metrics().connections().clone()),
     ));
     tracing::info!("sqs listening on {sqs_addr}");
     let listeners = [
@@ -156,6 +159,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_listener,
         ferry_http::router(admin),
         settings.http_limits,
+        None,
     ));
     tracing::info!("http listening on {http_addr}");
 
