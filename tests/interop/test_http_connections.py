@@ -20,7 +20,7 @@ DEADLINE_S = 30.0
 
 
 def connections(ferry, protocol: str | None = None) -> list[dict]:
-    return [c for c in get_ok(ferry, "/api/connections") if protocol is None or c["protocol"] == protocol]
+    return [c for c in get_ok(ferry, "/api/connections")["connections"] if protocol is None or c["protocol"] == protocol]
 
 
 def amqp_named(ferry, name: str) -> dict | None:

@@ -72,7 +72,7 @@ pub async fn list(State(admin): State<Arc<Admin>>) -> Result<Response> {
         .iter()
         .map(|c| summary(c))
         .collect();
-    ok(Value::Array(all))
+    ok(json!({ "connections": all }))
 }
 
 pub async fn get(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Result<Response> {
