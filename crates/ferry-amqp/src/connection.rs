@@ -1940,6 +1940,14 @@ impl Conn {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        let max = self.config().consumers_per_channel_max;
+        if ch.consumers.len() + usize::from(ch.reply.is_some()) >= max {
+            // RabbitMQ's answer and text.
+            return Err(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("reached maximum ({max}) of consumers per channel"),
+            ));
+        }
         if c.queue.as_str() == DIRECT_REPLY_QUEUE {
             if !c.no_ack {
                 return Err(AmqpError::precondition("reply consumer cannot acknowledge"));

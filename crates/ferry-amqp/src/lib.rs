@@ -66,6 +66,10 @@ pub struct AmqpConfig {
     /// that never acks cannot pull a whole queue's delivery state into
     /// memory.
     pub consumer_unacked_max: u32,
+    /// Consumers one channel may hold, direct reply-to included (RabbitMQ's
+    /// `consumer_max_per_channel`, unlimited there by default): each runs a
+    /// task, so a client consuming in a loop would grow them without bound.
+    pub consumers_per_channel_max: usize,
     /// Users, their passwords and vhost permissions (RabbitMQ's default:
     /// guest/guest on `/`, from loopback only).
     pub access: Arc<AccessControl>,
@@ -90,6 +94,7 @@ impl Default for AmqpConfig {
             frame_timeout: Duration::from_secs(30),
             connections_max: 10_000,
             consumer_unacked_max: u32::from(u16::MAX),
+            consumers_per_channel_max: 1024,
             access: Arc::new(AccessControl::default()),
             metrics: Arc::default(),
         }

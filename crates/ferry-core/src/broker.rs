@@ -65,6 +65,9 @@ pub struct BrokerConfig {
     /// Queues (AMQP and SQS) per vhost, RabbitMQ's vhost `max-queues`; the
     /// same reason.
     pub queues_per_vhost_max: usize,
+    /// Exchanges per vhost, and bindings per vhost; each holds memory.
+    pub exchanges_per_vhost_max: usize,
+    pub bindings_per_vhost_max: usize,
 }
 
 impl BrokerConfig {
@@ -80,6 +83,8 @@ impl BrokerConfig {
             resource_limits: ResourceLimits::default(),
             partitions_max: 10_000,
             queues_per_vhost_max: MessagingConfig::default().queues_per_vhost_max,
+            exchanges_per_vhost_max: MessagingConfig::default().exchanges_per_vhost_max,
+            bindings_per_vhost_max: MessagingConfig::default().bindings_per_vhost_max,
         }
     }
 }
@@ -197,6 +202,8 @@ impl Broker {
             fsync: topic_config::log_config(&config.topic_defaults, &BTreeMap::new()).fsync,
             queue_segment_bytes: config.queue_segment_bytes,
             queues_per_vhost_max: config.queues_per_vhost_max,
+            exchanges_per_vhost_max: config.exchanges_per_vhost_max,
+            bindings_per_vhost_max: config.bindings_per_vhost_max,
             ..MessagingConfig::default()
         };
         let queues_dir = dir.join("queues");

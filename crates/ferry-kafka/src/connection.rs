@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::KafkaConfig;
 use crate::handlers::{self, Outcome};
+use crate::queued_bytes::QueuedBytes;
 
 /// What every request handler may use.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub(crate) struct Ctx {
     pub broker: Arc<Broker>,
     pub config: Arc<KafkaConfig>,
     pub peer: SocketAddr,
+    /// Shared by every connection of the listener.
+    pub queued: Arc<QueuedBytes>,
 }
 
 /// A request frame holds at least api key, version and correlation id.
@@ -45,6 +48,7 @@ const ACCEPT_RETRY_MS: u64 = 50;
 struct InFlight {
     task: JoinHandle<Outcome>,
     _budget: OwnedSemaphorePermit,
+    _queued: OwnedSemaphorePermit,
     _fetch: Option<OwnedSemaphorePermit>,
 }
 
@@ -54,6 +58,7 @@ pub(crate) async fn accept_loop(
     config: Arc<KafkaConfig>,
 ) {
     let limit = ConnectionLimit::new("kafka", config.connections_max);
+    let queued = Arc::new(QueuedBytes::new(config.queued_request_bytes_max));
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
@@ -64,6 +69,7 @@ pub(crate) async fn accept_loop(
                     broker: broker.clone(),
                     config: config.clone(),
                     peer,
+                    queued: queued.clone(),
                 });
                 tokio::spawn(serve_connection(socket, ctx, slot));
             }
@@ -161,6 +167,7 @@ async fn read_requests(
             .acquire_many_owned(size as u32)
             .await
             .map_err(|_| "request budget closed".to_string())?;
+        let queued = ctx.queued.take(size).await;
         // Read into spare capacity rather than a zero-filled buffer: zeroing
         // a megabyte per produce request was a measurable share of the CPU.
         let mut frame = BytesMut::with_capacity(size);
@@ -205,6 +212,7 @@ async fn read_requests(
         let in_flight = InFlight {
             task,
             _budget: permit,
+            _queued: queued,
             _fetch: fetch,
         };
         if tx.send(in_flight).await.is_err() {
@@ -241,6 +249,7 @@ async fn write_responses(
         let InFlight {
             task,
             _budget,
+            _queued,
             _fetch,
         } = in_flight;
         if !task.is_finished() {

@@ -8,6 +8,7 @@ mod connection;
 pub mod consumer_protocol;
 mod errors;
 mod handlers;
+mod queued_bytes;
 mod versions;
 
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub struct KafkaConfig {
     /// Open connections on the listener (Kafka's `max.connections`); a
     /// connection accepted past this is closed before anything is read.
     pub connections_max: usize,
+    /// Bytes of requests read from all connections together and not yet
+    /// answered (Kafka's `queued.max.request.bytes`); past it no connection
+    /// is read until some are answered.
+    pub queued_request_bytes_max: usize,
 }
 
 impl KafkaConfig {
@@ -58,6 +63,7 @@ impl KafkaConfig {
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 55 * 1024 * 1024,
             connections_max: 10_000,
+            queued_request_bytes_max: 256 * 1024 * 1024,
         }
     }
 }

@@ -98,6 +98,13 @@ pub struct ServeArgs {
     /// Most record bytes in one Fetch response, whatever the client asks, in bytes [default: 57671680].
     #[arg(long, env = "FERRY_KAFKA_FETCH_BYTES_MAX", value_name = "BYTES")]
     pub kafka_fetch_bytes_max: Option<usize>,
+    /// Bytes of Kafka requests read from all connections and not yet answered (mostly produce data waiting for its append and fsync); past it no connection is read until some are answered [default: 268435456].
+    #[arg(
+        long,
+        env = "FERRY_KAFKA_QUEUED_REQUEST_BYTES_MAX",
+        value_name = "BYTES"
+    )]
+    pub kafka_queued_request_bytes_max: Option<usize>,
     /// Open AMQP connections; more are closed as they are accepted [default: 10000].
     #[arg(long, env = "FERRY_AMQP_CONNECTIONS_MAX", value_name = "N")]
     pub amqp_connections_max: Option<usize>,
@@ -122,6 +129,9 @@ pub struct ServeArgs {
     /// Unacknowledged deliveries of an AMQP consumer with prefetch 0 [default: 65535].
     #[arg(long, env = "FERRY_AMQP_CONSUMER_UNACKED_MAX", value_name = "N")]
     pub amqp_consumer_unacked_max: Option<u32>,
+    /// Consumers on one AMQP channel; one more gets connection.close 530 [default: 1024].
+    #[arg(long, env = "FERRY_AMQP_CONSUMERS_PER_CHANNEL_MAX", value_name = "N")]
+    pub amqp_consumers_per_channel_max: Option<usize>,
     /// Open SQS connections; more get a 503 and are closed [default: 1000].
     #[arg(long, env = "FERRY_SQS_CONNECTIONS_MAX", value_name = "N")]
     pub sqs_connections_max: Option<usize>,
@@ -149,6 +159,12 @@ pub struct ServeArgs {
     /// Queues (AMQP and SQS) per vhost; declaring more fails (AMQP 406, SQS OverLimit) [default: 10000].
     #[arg(long, env = "FERRY_QUEUES_PER_VHOST_MAX", value_name = "N")]
     pub queues_per_vhost_max: Option<usize>,
+    /// Exchanges per vhost, the predeclared amq.* ones included; declaring more fails (AMQP 406) [default: 10000].
+    #[arg(long, env = "FERRY_EXCHANGES_PER_VHOST_MAX", value_name = "N")]
+    pub exchanges_per_vhost_max: Option<usize>,
+    /// Bindings per vhost, of all exchanges together; binding more fails (AMQP 406) [default: 100000].
+    #[arg(long, env = "FERRY_BINDINGS_PER_VHOST_MAX", value_name = "N")]
+    pub bindings_per_vhost_max: Option<usize>,
     /// How often retention deletes old segments, in ms [default: 60000].
     #[arg(long, env = "FERRY_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -207,6 +223,8 @@ struct FileConfig {
     disk_free_limit: Option<toml::Value>,
     memory_high_watermark: Option<toml::Value>,
     queues_per_vhost_max: Option<usize>,
+    exchanges_per_vhost_max: Option<usize>,
+    bindings_per_vhost_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +246,7 @@ struct FileKafka {
     idle_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     fetch_bytes_max: Option<usize>,
+    queued_request_bytes_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +267,7 @@ struct FileAmqp {
     handshake_timeout_ms: Option<u64>,
     frame_timeout_ms: Option<u64>,
     consumer_unacked_max: Option<u32>,
+    consumers_per_channel_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +312,7 @@ pub struct Settings {
     pub kafka_idle_timeout: Duration,
     pub kafka_request_timeout: Duration,
     pub kafka_fetch_bytes_max: usize,
+    pub kafka_queued_request_bytes_max: usize,
     pub amqp_listen: String,
     pub amqp_connections_max: usize,
     pub amqp_channel_max: u16,
@@ -301,6 +322,7 @@ pub struct Settings {
     pub amqp_handshake_timeout: Duration,
     pub amqp_frame_timeout: Duration,
     pub amqp_consumer_unacked_max: u32,
+    pub amqp_consumers_per_channel_max: usize,
     pub sqs_listen: String,
     pub sqs_advertised: Option<String>,
     pub sqs_region: String,
@@ -314,6 +336,8 @@ pub struct Settings {
     pub retention_check_interval_ms: u64,
     pub partitions_max: usize,
     pub queues_per_vhost_max: usize,
+    pub exchanges_per_vhost_max: usize,
+    pub bindings_per_vhost_max: usize,
     pub topic_defaults: BTreeMap<String, String>,
     pub groups: GroupConfig,
     pub log_format: LogFormat,
@@ -425,6 +449,11 @@ impl Settings {
                 30_000,
             )?,
             kafka_fetch_bytes_max,
+            kafka_queued_request_bytes_max: pick(
+                args.kafka_queued_request_bytes_max,
+                file.kafka.queued_request_bytes_max,
+                256 << 20,
+            ),
             amqp_connections_max: connections_max(
                 "amqp",
                 args.amqp_connections_max,
@@ -455,6 +484,11 @@ impl Settings {
                 args.amqp_consumer_unacked_max,
                 file.amqp.consumer_unacked_max,
                 u32::from(u16::MAX),
+            ),
+            amqp_consumers_per_channel_max: pick(
+                args.amqp_consumers_per_channel_max,
+                file.amqp.consumers_per_channel_max,
+                1024,
             ),
             amqp_listen: args
                 .amqp_listen
@@ -544,6 +578,16 @@ impl Settings {
                 args.queues_per_vhost_max,
                 file.queues_per_vhost_max,
                 10_000,
+            ),
+            exchanges_per_vhost_max: pick(
+                args.exchanges_per_vhost_max,
+                file.exchanges_per_vhost_max,
+                10_000,
+            ),
+            bindings_per_vhost_max: pick(
+                args.bindings_per_vhost_max,
+                file.bindings_per_vhost_max,
+                100_000,
             ),
             topic_defaults,
             groups: group_config(args, &file.groups)?,
@@ -919,9 +963,9 @@ read = ".*"
         let path = dir.path().join("ferry.toml");
         std::fs::write(
             &path,
-            "queues_per_vhost_max = 7\n[topics]\npartitions_max = 9\n\
+            "queues_per_vhost_max = 7\nexchanges_per_vhost_max = 8\nbindings_per_vhost_max = 12\n[topics]\npartitions_max = 9\n\
              [kafka]\nconnections_max = 50\nidle_timeout_ms = 1000\n\
-             [amqp]\nchannel_max = 16\nframe_max = 8192\nconsumer_unacked_max = 10\n\
+             [amqp]\nchannel_max = 16\nframe_max = 8192\nconsumer_unacked_max = 10\nconsumers_per_channel_max = 3\n\
              [sqs]\nbody_timeout_ms = 500\n[http]\nconnections_max = 5\n",
         )
         .unwrap();
@@ -936,15 +980,26 @@ read = ".*"
         assert_eq!(s.kafka_request_timeout, Duration::from_secs(30));
         assert_eq!((s.amqp_channel_max, s.amqp_frame_max), (16, 8192));
         assert_eq!(s.amqp_consumer_unacked_max, 10);
+        assert_eq!(s.amqp_consumers_per_channel_max, 3);
         assert_eq!(s.sqs_limits.body_timeout, Duration::from_millis(500));
         assert_eq!(s.sqs_limits.connections_max, 1000);
         assert_eq!(s.http_limits.connections_max, 5);
         assert_eq!((s.partitions_max, s.queues_per_vhost_max), (9, 7));
+        assert_eq!(
+            (s.exchanges_per_vhost_max, s.bindings_per_vhost_max),
+            (8, 12)
+        );
         let d = Settings::resolve(&ServeArgs::default()).unwrap();
         assert_eq!(d.amqp_connections_max, 10_000);
         assert_eq!(d.kafka_fetch_bytes_max, 55 << 20);
+        assert_eq!(d.kafka_queued_request_bytes_max, 256 << 20);
         assert_eq!(d.amqp_consumer_unacked_max, 65535);
+        assert_eq!(d.amqp_consumers_per_channel_max, 1024);
         assert_eq!((d.partitions_max, d.queues_per_vhost_max), (10_000, 10_000));
+        assert_eq!(
+            (d.exchanges_per_vhost_max, d.bindings_per_vhost_max),
+            (10_000, 100_000)
+        );
 
         let err = |args: ServeArgs| format!("{:#}", Settings::resolve(&args).unwrap_err());
         let e = err(ServeArgs {

@@ -59,6 +59,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     broker_config.resource_limits = settings.resource_limits;
     broker_config.partitions_max = settings.partitions_max;
     broker_config.queues_per_vhost_max = settings.queues_per_vhost_max;
+    broker_config.exchanges_per_vhost_max = settings.exchanges_per_vhost_max;
+    broker_config.bindings_per_vhost_max = settings.bindings_per_vhost_max;
 
     // Bind before opening the data directory, so a taken port fails fast.
     let (kafka_listener, kafka_addr) =
@@ -90,6 +92,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     kafka_config.connection_idle_ms = settings.kafka_idle_timeout.as_millis() as u64;
     kafka_config.request_read_timeout_ms = settings.kafka_request_timeout.as_millis() as u64;
     kafka_config.fetch_bytes_max = settings.kafka_fetch_bytes_max;
+    kafka_config.queued_request_bytes_max = settings.kafka_queued_request_bytes_max;
 
     for vhost in &settings.amqp_vhosts {
         broker.messaging().add_vhost(vhost);
@@ -114,6 +117,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         frame_timeout: settings.amqp_frame_timeout,
         connections_max: settings.amqp_connections_max,
         consumer_unacked_max: settings.amqp_consumer_unacked_max,
+        consumers_per_channel_max: settings.amqp_consumers_per_channel_max,
         access: settings.amqp_access.clone(),
     };
     let amqp = tokio::spawn(ferry_amqp::serve_with_alarm(

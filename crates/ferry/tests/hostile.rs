@@ -23,7 +23,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, basic, confirm, connection};
+use amq_protocol::protocol::{AMQPClass, basic, confirm, connection, exchange, queue};
 use common::amqp::{Amqp, HEADER, Login};
 use common::{Server, api, encode_batch, now_ms, record, request_frame};
 use kafka_protocol::records::Compression;
@@ -55,6 +55,10 @@ const CONSUMER_UNACKED_MAX: usize = 300;
 /// Partitions of all topics, and queues per vhost.
 const PARTITIONS_MAX: usize = 40;
 const QUEUES_MAX: usize = 40;
+/// Exchanges and bindings per vhost.
+const EXCHANGES_MAX: usize = 30;
+const BINDINGS_MAX: usize = 25;
+const CONSUMERS_PER_CHANNEL_MAX: usize = 5;
 
 fn hostile_server(dir: &tempfile::TempDir) -> Server {
     let connections_max = CONNECTIONS_MAX.to_string();
@@ -64,6 +68,9 @@ fn hostile_server(dir: &tempfile::TempDir) -> Server {
     let unacked = CONSUMER_UNACKED_MAX.to_string();
     let partitions = PARTITIONS_MAX.to_string();
     let queues = QUEUES_MAX.to_string();
+    let exchanges = EXCHANGES_MAX.to_string();
+    let bindings = BINDINGS_MAX.to_string();
+    let consumers = CONSUMERS_PER_CHANNEL_MAX.to_string();
     Server::start(
         dir.path(),
         &[
@@ -101,6 +108,12 @@ fn hostile_server(dir: &tempfile::TempDir) -> Server {
             &partitions,
             "--queues-per-vhost-max",
             &queues,
+            "--exchanges-per-vhost-max",
+            &exchanges,
+            "--bindings-per-vhost-max",
+            &bindings,
+            "--amqp-consumers-per-channel-max",
+            &consumers,
         ],
     )
 }
@@ -636,6 +649,72 @@ fn amqp_open_with_heartbeat(addr: SocketAddr) -> Amqp {
     )
 }
 
+/// Many connections producing at once hold at most
+/// `queued_request_bytes_max` of requests between them: one connection's
+/// produce left unanswered (behind a Fetch response its client does not
+/// read) makes another's wait, unread, until the first connection is gone.
+#[test]
+fn kafka_requests_past_the_queued_bytes_limit_wait_their_turn() {
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--kafka-queued-request-bytes-max",
+            &(1usize << 20).to_string(),
+        ],
+    );
+    let mut admin = server.client();
+    for topic in ["queued", "big"] {
+        assert_eq!(api::create_topic(&mut admin, topic, 1, &[]), 0);
+    }
+    // 900 KiB each: two do not fit in 1 MiB.
+    let value = "v".repeat(900 * 1024);
+    let batch = || encode_batch(&[record(None, &value, now_ms())], Compression::None);
+    // More than the socket buffers hold, for a Fetch nobody reads.
+    for i in 0..40 {
+        assert_eq!(api::produce(&mut admin, "big", 0, batch()), (0, i));
+    }
+
+    // A: that Fetch, then a produce whose answer waits behind it.
+    let mut a = server.client();
+    let fetch = api::fetch_request("big", 0, 0, 50 << 20, 0);
+    a.stream.write_all(&request_frame(&fetch, 12, 1)).unwrap();
+    let produce = api::produce_request("queued", 0, batch(), -1);
+    a.stream.write_all(&request_frame(&produce, 9, 2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api::fetch(&mut admin, "queued", 0, 0, 1, 0).1 < 1 {
+        assert!(Instant::now() < deadline, "A's produce was never appended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // B: its produce is not read while A's bytes are held.
+    let mut b = server.client();
+    b.stream.write_all(&request_frame(&produce, 9, 1)).unwrap();
+    server.wait_for_log("holding kafka requests");
+    b.stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = b.stream.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "B was answered while A held the bytes: {early:?}"
+    );
+
+    // A goes away: its bytes come back, and B is read, appended, answered.
+    drop(a);
+    b.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut frame = b.read_frame().unwrap();
+    ResponseHeader::decode(&mut frame, 1).unwrap();
+    let response = ProduceResponse::decode(&mut frame, 9).unwrap();
+    let p = &response.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 1));
+}
+
 #[test]
 fn amqp_listener_survives_hostile_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -789,29 +868,14 @@ fn amqp_listener_survives_hostile_clients() {
     // vhost holds queues_per_vhost_max (the seed and big queues are two).
     let mut c = Amqp::handshake(addr, &amqp_login());
     c.open_channel(1);
-    let mut declared = 2;
-    let refused = loop {
-        let name = format!("many-{declared}");
-        let got = c.call(
-            1,
-            AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
-                amq_protocol::protocol::queue::Declare {
-                    queue: name.as_str().into(),
-                    passive: false,
-                    durable: true,
-                    exclusive: false,
-                    auto_delete: false,
-                    nowait: false,
-                    arguments: Default::default(),
-                },
-            )),
-        );
-        match got {
-            Ok(_) => declared += 1,
-            Err(closed) => break closed,
-        }
-        assert!(declared <= QUEUES_MAX, "{declared} queues declared");
-    };
+    let (declared, refused) = call_until_refused(&mut c, 2, QUEUES_MAX, |i| {
+        let name = format!("many-{i}");
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.as_str().into(),
+            durable: true,
+            ..Default::default()
+        }))
+    });
     assert_eq!(declared, QUEUES_MAX);
     assert_eq!(refused.0, 406, "{}", refused.1);
     assert!(
@@ -823,21 +887,104 @@ fn amqp_listener_survives_hostile_clients() {
     );
     drop(c);
     amqp_healthy(&server, &seed, "queues without end");
+
+    // Exchanges without end (the vhost starts with the predeclared amq.*
+    // ones), then bindings without end: each refused with 406 at its limit.
+    let mut c = Amqp::handshake(addr, &amqp_login());
+    c.open_channel(1);
+    let (declared, refused) = call_until_refused(&mut c, 0, EXCHANGES_MAX, |i| {
+        let name = format!("x-{i}");
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.as_str().into(),
+            kind: "direct".into(),
+            durable: true,
+            ..Default::default()
+        }))
+    });
+    assert!(declared > EXCHANGES_MAX / 2, "only {declared} exchanges");
+    assert_eq!(refused.0, 406, "{}", refused.1);
+    assert!(
+        refused.1.contains(&format!(
+            "exchange limit in vhost '/' ({EXCHANGES_MAX}) is reached"
+        )),
+        "{}",
+        refused.1
+    );
+    c.open_channel(1);
+    let (bound, refused) = call_until_refused(&mut c, 0, BINDINGS_MAX, |i| {
+        let key = format!("key-{i}");
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: "many-2".into(),
+            exchange: "x-0".into(),
+            routing_key: key.as_str().into(),
+            ..Default::default()
+        }))
+    });
+    assert!(bound > BINDINGS_MAX / 2, "only {bound} bindings");
+    assert_eq!(refused.0, 406, "{}", refused.1);
+    assert!(
+        refused.1.contains(&format!(
+            "binding limit in vhost '/' ({BINDINGS_MAX}) is reached"
+        )),
+        "{}",
+        refused.1
+    );
+    drop(c);
+    amqp_healthy(&server, &seed, "exchanges and bindings without end");
+
+    // Consumers without end on one channel: connection.close 530, as
+    // RabbitMQ answers past its consumer_max_per_channel.
+    let mut c = Amqp::handshake(addr, &amqp_login());
+    c.open_channel(1);
+    for _ in 0..CONSUMERS_PER_CHANNEL_MAX {
+        consume(&mut c, "many-2", false);
+    }
+    c.send(1, consume_method("many-2", false));
+    let (code, text, _, _) = c.expect_connection_close();
+    assert_eq!(code, 530, "{text}");
+    assert!(
+        text.contains(&format!(
+            "reached maximum ({CONSUMERS_PER_CHANNEL_MAX}) of consumers per channel"
+        )),
+        "{text}"
+    );
+    drop(c);
+    amqp_healthy(&server, &seed, "consumers without end");
+}
+
+/// Sends `method(i)` on channel 1 for i = `start`, `start` + 1, ... until
+/// the server closes the channel; returns the `i` refused and the refusal.
+/// Fails past `limit`.
+fn call_until_refused(
+    c: &mut Amqp,
+    start: usize,
+    limit: usize,
+    method: impl Fn(usize) -> AMQPClass,
+) -> (usize, (u16, String)) {
+    let mut i = start;
+    loop {
+        match c.call(1, method(i)) {
+            Ok(_) => i += 1,
+            Err(refused) => return (i, refused),
+        }
+        assert!(i <= limit, "{i} made, past the limit of {limit}");
+    }
+}
+
+fn consume_method(queue: &str, no_ack: bool) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+        queue: queue.into(),
+        consumer_tag: "".into(),
+        no_local: false,
+        no_ack,
+        exclusive: false,
+        nowait: false,
+        arguments: Default::default(),
+    }))
 }
 
 fn consume(c: &mut Amqp, queue: &str, no_ack: bool) {
-    let ok = c.call(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: queue.into(),
-            consumer_tag: "".into(),
-            no_local: false,
-            no_ack,
-            exclusive: false,
-            nowait: false,
-            arguments: Default::default(),
-        })),
-    );
+    let ok = c.call(1, consume_method(queue, no_ack));
     assert!(
         matches!(ok, Ok(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))),
         "{ok:?}"

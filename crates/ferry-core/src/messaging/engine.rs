@@ -62,6 +62,12 @@ pub struct MessagingConfig {
     /// files, so a client declaring queues without end would use up the
     /// broker's file descriptors.
     pub queues_per_vhost_max: usize,
+    /// Exchanges per vhost, the predeclared `amq.*` ones included: each
+    /// holds memory, and a delayed-message exchange a log.
+    pub exchanges_per_vhost_max: usize,
+    /// Bindings per vhost, of all exchanges together: each holds memory,
+    /// and routing and binding walk them.
+    pub bindings_per_vhost_max: usize,
 }
 
 impl Default for MessagingConfig {
@@ -71,6 +77,8 @@ impl Default for MessagingConfig {
             queue_segment_bytes: 8 * 1024 * 1024,
             timer_tick: Duration::from_millis(50),
             queues_per_vhost_max: 10_000,
+            exchanges_per_vhost_max: 10_000,
+            bindings_per_vhost_max: 100_000,
         }
     }
 }
@@ -88,6 +96,18 @@ pub(crate) struct ExchangeState {
 pub(crate) struct Topology {
     pub exchanges: HashMap<String, ExchangeState>,
     pub queues: HashMap<String, Arc<Queue>>,
+}
+
+impl Topology {
+    /// Bindings of every exchange. Counted when a binding is added rather
+    /// than kept as a total, which every path that drops bindings (unbind,
+    /// queue and exchange deletion, auto-delete) would have to maintain.
+    fn binding_count(&self) -> usize {
+        self.exchanges
+            .values()
+            .map(|x| x.bindings.all().len())
+            .sum()
+    }
 }
 
 #[derive(Debug)]
@@ -532,6 +552,14 @@ impl Shared {
         if spec.name.starts_with("amq.") {
             return Err(MessagingError::AccessRefused(format!(
                 "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let max = self.config.exchanges_per_vhost_max;
+        if topo.exchanges.len() >= max {
+            // In the words of RabbitMQ's queue limit (it has none for exchanges).
+            return Err(MessagingError::LimitReached(format!(
+                "cannot declare exchange '{}': exchange limit in vhost '{vhost}' ({max}) is reached",
                 spec.name
             )));
         }
@@ -1061,12 +1089,19 @@ impl Shared {
         };
         let record =
             (src_durable && dest_durable).then(|| Self::binding_record(vhost, source, &binding));
+        let bindings_now = if add { topo.binding_count() } else { 0 };
         let Some(src) = topo.exchanges.get_mut(source) else {
             return Err(not_found("exchange", source, vhost));
         };
         if add {
             if src.bindings.contains(&binding) {
                 return Ok(());
+            }
+            let max = self.config.bindings_per_vhost_max;
+            if bindings_now >= max {
+                return Err(MessagingError::LimitReached(format!(
+                    "cannot bind exchange '{source}': binding limit in vhost '{vhost}' ({max}) is reached"
+                )));
             }
             if let Some(r) = record {
                 Self::journal(&mut catalog, CatalogEvent::BindingAdded(r))?;
