@@ -16,9 +16,11 @@
 //! (vhosts, exchanges, queues, bindings, queue browsing), `connections`
 //! (client connections of every protocol, closing one), `metrics`
 //! (`/metrics`, HTTP request counting, the overview's message rates),
-//! `rabbitmq` (RabbitMQ's management API subset under `/rabbitmq`).
+//! `rabbitmq` (RabbitMQ's management API subset under `/rabbitmq`),
+//! `console` (the web console at `/`, assets embedded from `console/`).
 
 mod connections;
+mod console;
 mod error;
 mod groups;
 mod messaging;
@@ -86,6 +88,9 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// Every route of the listener.
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/style.css", get(console::style))
         .route("/api/overview", get(overview::get))
         .route("/api/openapi.json", get(openapi))
         .route("/api/topics", get(topics::list).post(topics::create))
