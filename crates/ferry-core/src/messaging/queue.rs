@@ -498,10 +498,17 @@ impl QueueInner {
         let mut offset = st.low_water;
         let mut bytes = 0u64;
         while offset < st.log_end {
-            let read = self
-                .log
-                .read(offset as i64, 1024 * 1024, true)
-                .map_err(storage)?;
+            let read = match self.log.read(offset as i64, 1024 * 1024, true) {
+                Ok(read) => read,
+                Err(e @ ferry_log::LogError::CorruptBatch { last_offset, .. }) => {
+                    // Its messages stay unindexed; delivery drops them when
+                    // it reaches them. The rest of the queue must open.
+                    tracing::error!(queue = %self.cfg.name, error = %e, "a stored batch is corrupt; its messages will not be delivered");
+                    offset = offset.max(u64::try_from(last_offset).unwrap_or(0) + 1);
+                    continue;
+                }
+                Err(e) => return Err(storage(e)),
+            };
             if read.records.is_empty() {
                 break;
             }
