@@ -69,7 +69,7 @@ def make_data(ferry):
     create_topic(ferry.bootstrap, "orders", partitions=2)
     producer = make_producer(ferry.bootstrap)
     produce_ok(producer, "orders", [{"value": f"order-{i}".encode(), "partition": i % 2} for i in range(40)])
-    # 10 of the 40 consumed and committed: a lag of 30.
+    # Offsets 5 and 5 committed.
     consumer = make_consumer(ferry.bootstrap, **{"group.id": "billing"})
     consumer.assign([TopicPartition("orders", p, 0) for p in (0, 1)])
     consume_n(consumer, 40, timeout=DEADLINE_S)
@@ -95,7 +95,12 @@ def test_every_page_and_the_operator_flows(ferry, browser):
     # Overview: cards and the rates chart, drawn from a few polls.
     open_page(browser, ferry, "#/overview", "#overview-cards .card", "the overview cards")
     wait_for(browser, lambda d: "40" in text_of(d, "#overview-cards"), "the record count on the overview")
-    assert browser.execute_script("return document.getElementById('rates-chart').getContext('2d') !== null")
+    # Traffic while the page polls: the chart gets samples and a rise.
+    producer = make_producer(ferry.bootstrap)
+    produce_ok(producer, "orders", [{"value": b"more", "partition": 0} for _ in range(200)])
+    wait_for(browser, lambda d: "240" in text_of(d, "#overview-cards"), "the new records counted")
+    wait_for(browser, lambda d: int(d.find_element(By.ID, "rates-chart").get_attribute("data-samples") or 0) >= 3,
+             "three samples on the rates chart")
     shoot(browser, "overview")
 
     # Topics: create one by the form.
@@ -127,7 +132,7 @@ def test_every_page_and_the_operator_flows(ferry, browser):
     browser.find_element(By.LINK_TEXT, "billing").click()
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#group-offsets-table tbody tr"), "the group's partitions")
     group = get_ok(ferry, "/api/groups/billing")
-    assert group["lag"] == 30
+    assert group["lag"] == (220 - 5) + (20 - 5)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#group-offsets-table tbody tr")) == len(group["offsets"]) == 2
     shoot(browser, "group")
 
@@ -145,11 +150,14 @@ def test_every_page_and_the_operator_flows(ferry, browser):
     wait_for(browser, lambda d: "resize photo 7" in text_of(d, "#messages-table"), "the dead-lettered message peeked")
     assert "work (rejected)" in text_of(browser, "#messages-table")
     wait_for(browser, lambda d: "1 ready" in text_of(d, "#queue-counts"), "the queue's counts")
+    wait_for(browser, lambda d: int(d.find_element(By.ID, "depth-chart").get_attribute("data-samples") or 0) >= 2,
+             "two samples on the depth chart")
     shoot(browser, "dlq-before-redrive")
     browser.find_element(By.ID, "redrive").click()
     wait_for(browser, lambda d: "moved 1" in text_of(d, "#redrive-result"), "the redrive result")
     assert get_ok(ferry, "/api/queues/%2F/work")["ready"] == 1
     assert get_ok(ferry, "/api/queues/%2F/work.dlq")["messages"] == 0
+    wait_for(browser, lambda d: "0 ready" in text_of(d, "#queue-counts"), "the emptied queue's counts")
     shoot(browser, "dlq-after-redrive")
 
     # Connections: close a pika connection from the console.

@@ -53,6 +53,8 @@ const get = (path) => api("GET", path);
 // A line chart of named series on a canvas; each series is an array of
 // numbers, newest last.
 function drawChart(canvas, series) {
+  // How many samples are drawn, for tests and curious operators.
+  canvas.dataset.samples = Math.max(...series.map((s) => s.values.length));
   const ctx = canvas.getContext("2d");
   const w = canvas.width, hgt = canvas.height, pad = 30;
   ctx.clearRect(0, 0, w, hgt);
