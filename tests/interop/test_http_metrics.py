@@ -105,6 +105,35 @@ def test_queue_gauges_follow_amqp_traffic(ferry):
     )
 
 
+def test_queue_counters_follow_acks_redeliveries_and_dead_letters(ferry):
+    conn = connect(ferry)
+    ch = conn.channel()
+    ch.queue_declare("settled.dlq")
+    ch.queue_declare("settled", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "settled.dlq"})
+    for i in range(6):
+        ch.basic_publish("", "settled", f"m{i}".encode())
+    tags = [wait_until(lambda: ch.basic_get("settled")[0], what=f"message {i}").delivery_tag for i in range(6)]
+    for t in tags[:3]:
+        ch.basic_ack(t)
+    ch.basic_nack(tags[3], requeue=True)
+    ch.basic_nack(tags[4], requeue=True)
+    ch.basic_reject(tags[5], requeue=False)
+    again = [wait_until(lambda: ch.basic_get("settled")[0], what="a redelivery") for _ in range(2)]
+    assert all(m.redelivered for m in again)
+    for m in again:
+        ch.basic_ack(m.delivery_tag)
+
+    def counted():
+        s = scrape(ferry)
+        got = [value(s, f"ferry_queue_{c}_total", vhost="/", queue="settled") for c in ("acked", "redelivered", "dead_lettered")]
+        return s if got == [5, 2, 1] else None
+
+    s = wait_until(counted, what="acked 5, redelivered 2, dead-lettered 1")
+    assert value(s, "ferry_queue_messages", vhost="/", queue="settled.dlq", state="ready") == 1
+    assert value(s, "ferry_queue_acked_total", vhost="/", queue="settled.dlq") == 0
+    conn.close()
+
+
 def test_connections_and_process_gauges(ferry):
     before = scrape(ferry)
     opened = value(before, "ferry_connections_opened_total", 0, protocol="kafka")

@@ -17,6 +17,7 @@ use axum::response::Response;
 use ferry_core::alarm;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -167,6 +168,27 @@ pub fn render(admin: &Admin) -> std::result::Result<String, std::fmt::Error> {
         "ferry_queue_disk_bytes",
         "Bytes of a queue's log on disk",
     );
+    // Counters kept by each queue, encoded as they stand: a queue deleted
+    // and declared again starts from 0, as a restarted process would.
+    let totals = [
+        (
+            "ferry_queue_acked",
+            "Deliveries acknowledged (AMQP ack, SQS DeleteMessage)",
+        ),
+        (
+            "ferry_queue_redelivered",
+            "Deliveries of messages delivered before",
+        ),
+        (
+            "ferry_queue_dead_lettered",
+            "Messages handed to the dead-letter exchange",
+        ),
+    ]
+    .map(|(name, help)| {
+        let family = Family::<QueueLabels, Counter>::default();
+        registry.register(name, help, family.clone());
+        family
+    });
     let messaging = broker.messaging();
     for vhost in messaging.vhosts() {
         for q in messaging.queues(&vhost) {
@@ -189,6 +211,10 @@ pub fn render(admin: &Admin) -> std::result::Result<String, std::fmt::Error> {
                 queue: d.name.clone(),
             };
             consumers.get_or_create(&labels).set(i64::from(d.consumers));
+            let t = q.totals();
+            for (family, n) in totals.iter().zip([t.acked, t.redelivered, t.dead_lettered]) {
+                family.get_or_create(&labels).inc_by(n);
+            }
             queue_bytes
                 .get_or_create(&labels)
                 .set(clamp_i64(d.disk_bytes));

@@ -3,6 +3,7 @@
 //! browse of a queue's messages that changes no delivery state.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::queue::HeldState;
 use super::routing::Dest;
@@ -109,9 +110,30 @@ impl Messaging {
     }
 }
 
+/// Counters of a queue since the broker started (`Queue::totals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueTotals {
+    /// Deliveries acknowledged (AMQP ack, SQS DeleteMessage).
+    pub acked: u64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: u64,
+    /// Messages handed to the dead-letter exchange.
+    pub dead_lettered: u64,
+}
+
 impl Queue {
     pub fn vhost(&self) -> &str {
         &self.inner.cfg.vhost
+    }
+
+    /// What the queue did with its messages since the broker started.
+    pub fn totals(&self) -> QueueTotals {
+        let t = &self.inner.totals;
+        QueueTotals {
+            acked: t.acked.load(Ordering::Relaxed),
+            redelivered: t.redelivered.load(Ordering::Relaxed),
+            dead_lettered: t.dead_lettered.load(Ordering::Relaxed),
+        }
     }
 
     /// Settings and counts.

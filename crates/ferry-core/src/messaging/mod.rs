@@ -46,7 +46,9 @@ use tokio::sync::Notify;
 
 pub use args::PRIORITY_MAX;
 pub use engine::{DEFAULT_VHOST, MessagingConfig};
-pub use inspect::{BindingInfo, PeekState, PeekedMessage, QueueDetails, exchange_type_name};
+pub use inspect::{
+    BindingInfo, PeekState, PeekedMessage, QueueDetails, QueueTotals, exchange_type_name,
+};
 
 use engine::Shared;
 

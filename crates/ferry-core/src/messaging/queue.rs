@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -203,6 +204,18 @@ pub(crate) struct QueueInner {
     /// Woken (every waiter) whenever messages become ready: pollers that
     /// are not consumers (SQS long polls) wait on it.
     pub receivers: Notify,
+    /// Counted since the broker started, for `/metrics`.
+    pub totals: Totals,
+}
+
+/// What a queue did with its messages since the broker started.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub acked: AtomicU64,
+    /// Deliveries of a message delivered before.
+    pub redelivered: AtomicU64,
+    /// Handed to the dead-letter exchange.
+    pub dead_lettered: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +343,7 @@ impl QueueInner {
             clock,
             stream: None,
             receivers: Notify::new(),
+            totals: Totals::default(),
         });
         {
             let mut st = lock(&inner.state);
@@ -398,6 +412,7 @@ impl QueueInner {
             clock,
             stream: Some(stream),
             receivers: Notify::new(),
+            totals: Totals::default(),
         })
     }
 
@@ -790,6 +805,7 @@ impl QueueInner {
             );
             st.in_flight_bytes += l.bytes;
             st.counts.remove(&l.offset);
+            self.totals.dead_lettered.fetch_add(1, Ordering::Relaxed);
             outbox.push(DeadLetter {
                 offset: l.offset,
                 message: l.message,
@@ -867,6 +883,9 @@ impl QueueInner {
                     j.hidden(l.offset, at);
                 }
             }
+        }
+        if count > 1 {
+            self.totals.redelivered.fetch_add(1, Ordering::Relaxed);
         }
         Delivery {
             id: l.offset,
@@ -1116,6 +1135,7 @@ impl QueueInner {
         if let Some(f) = st.in_flight.remove(&id) {
             st.in_flight_bytes = st.in_flight_bytes.saturating_sub(f.bytes);
             self.settle(&mut st, id, f.bytes);
+            self.totals.acked.fetch_add(1, Ordering::Relaxed);
         }
         if write {
             self.commit(&mut st);
