@@ -319,7 +319,8 @@ def test_queue_counts_peek_purge_delete(ferry):
     method2, _, body2 = ch.basic_get("work", auto_ack=True)
     assert body2 == b"job 1" and not method2.redelivered
     ch.basic_ack(method.delivery_tag)
-    assert get_ok(ferry, "/api/queues/%2F/work")["messages"] == 3
+    # basic.ack has no reply: the API may be asked before the broker read it.
+    wait_until(lambda: get_ok(ferry, "/api/queues/%2F/work")["messages"] == 3, what="the ack settled")
 
     assert call(ferry, "POST", "/api/queues/%2F/work/purge").json == {"purged": 3}
     assert get_ok(ferry, "/api/queues/%2F/work")["messages"] == 0
