@@ -134,6 +134,22 @@ def test_queue_counters_follow_acks_redeliveries_and_dead_letters(ferry):
     conn.close()
 
 
+def test_group_commit_fsyncs_cover_every_record_produced(ferry):
+    topic = unique_topic("fsync")
+    before = scrape(ferry)
+    records_before = value(before, "ferry_fsync_records_sum", 0)
+    producer = make_producer(ferry.bootstrap)
+    produce_ok(producer, topic, [{"value": b"r%d" % i} for i in range(1000)])
+    s = scrape(ferry)
+    # fsync.policy=always: every acknowledged record was made durable by
+    # exactly one fsync, however the appends shared them.
+    assert value(s, "ferry_fsync_records_sum") - records_before == 1000
+    fsyncs = value(s, "ferry_fsync_records_count") - value(before, "ferry_fsync_records_count", 0)
+    assert 1 <= fsyncs <= 1000
+    assert value(s, "ferry_fsync_duration_seconds_count") == value(s, "ferry_fsync_records_count")
+    assert value(s, "ferry_fsync_duration_seconds_sum") > 0
+
+
 def test_connections_and_process_gauges(ferry):
     before = scrape(ferry)
     opened = value(before, "ferry_connections_opened_total", 0, protocol="kafka")

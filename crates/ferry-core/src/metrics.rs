@@ -52,6 +52,9 @@ pub struct Metrics {
     /// The open connections: every front end reaches `Metrics`, so the
     /// registry lives here.
     connections: Arc<Connections>,
+    /// Group-commit fsyncs of every log (`ferry_log::sync_observer`).
+    fsync_seconds: Histogram,
+    fsync_records: Histogram,
     /// Sums over every partition, for message rates without walking the
     /// families.
     records_in_total: AtomicU64,
@@ -68,6 +71,9 @@ impl Default for Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             connections: Arc::default(),
+            fsync_seconds: latency_histogram(),
+            // 1 to about 1 million records per fsync, ×4 apart.
+            fsync_records: Histogram::new(exponential_buckets(1.0, 4.0, 11)),
             records_in_total: AtomicU64::new(0),
             records_out_total: AtomicU64::new(0),
         }
@@ -109,6 +115,12 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A group-commit fsync took `elapsed` and made `records` durable.
+    pub fn fsync(&self, elapsed: Duration, records: u64) {
+        self.fsync_seconds.observe(elapsed.as_secs_f64());
+        self.fsync_records.observe(records as f64);
     }
 
     /// The registry of open client connections.
@@ -158,6 +170,16 @@ impl Metrics {
             self.request_seconds.clone(),
         );
         self.connections.register_metrics(registry);
+        registry.register(
+            "ferry_fsync_duration_seconds",
+            "Time of each group-commit fsync (topics under fsync.policy=always, persistent messages of durable queues)",
+            self.fsync_seconds.clone(),
+        );
+        registry.register(
+            "ferry_fsync_records",
+            "Records made durable by each group-commit fsync: the appends that shared it",
+            self.fsync_records.clone(),
+        );
     }
 }
 

@@ -27,6 +27,7 @@ mod log;
 mod producer_state;
 pub mod records;
 mod segment;
+pub mod sync_observer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FsyncPolicy, LogConfig};

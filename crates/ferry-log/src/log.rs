@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use crate::batch;
 use crate::producer_state::{self, Prepared, ProducerBatch, ProducerStates, Stamp};
 use crate::segment::{self, BatchMeta, Mark, OpenMode, Segment, WalkEnd};
+use crate::sync_observer;
 use crate::{Clock, FsyncPolicy, LogConfig, LogError};
 
 /// Written by `close` once everything is fsynced and every index file is
@@ -161,6 +162,8 @@ struct SyncPoint {
     path: PathBuf,
     end: Mark,
     generation: u64,
+    /// Records between the durable mark and `end` (for the sync observer).
+    records: u64,
 }
 
 /// What a read copies, decided under the lock.
@@ -683,7 +686,14 @@ impl Log {
             let core = Arc::clone(&self.core);
             let path = point.path.clone();
             tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let result = job();
+                if result.is_ok() {
+                    sync_observer::report(sync_observer::SyncObservation {
+                        elapsed: started.elapsed(),
+                        records: point.records,
+                    });
+                }
                 let mut guard = core.lock();
                 core.finish_sync(&mut guard, point, result)
             })
@@ -1173,6 +1183,7 @@ impl Log {
         Some(SyncPoint {
             file: Arc::clone(&active.file),
             path: active.path.clone(),
+            records: u64::try_from(end.next_offset - inner.durable.next_offset).unwrap_or(0),
             end,
             generation: inner.generation,
         })

@@ -98,6 +98,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         broker.messaging().add_vhost(vhost);
     }
 
+    let fsyncs = broker.metrics().clone();
+    ferry_log::sync_observer::observe_syncs(move |o| fsyncs.fsync(o.elapsed, o.records));
     let maintenance = tokio::spawn(broker.clone().run_maintenance());
     let resource_monitor = tokio::spawn(broker.clone().run_resource_monitor());
     let group_timers = tokio::spawn(broker.groups().clone().run_timers());
