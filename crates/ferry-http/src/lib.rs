@@ -6,8 +6,9 @@
 //!
 //! It holds no state of its own beyond the start time and the listener
 //! addresses it reports: every answer is read from the broker when asked.
-//! Nothing here speaks a client protocol, and nothing here authenticates
-//! yet, which is why the listener binds loopback by default.
+//! Nothing here speaks a client protocol. Changes need an admin user once
+//! some are configured (`auth`); until then the listener binds loopback by
+//! default.
 //!
 //! Where things are: `error` (the JSON error shape and the one mapping from
 //! domain errors to statuses), `request` (query and body parsing with
@@ -17,8 +18,10 @@
 //! (client connections of every protocol, closing one), `metrics`
 //! (`/metrics`, HTTP request counting, the overview's message rates),
 //! `rabbitmq` (RabbitMQ's management API subset under `/rabbitmq`),
-//! `console` (the web console at `/`, assets embedded from `console/`).
+//! `console` (the web console at `/`, assets embedded from `console/`),
+//! `auth` (Basic authentication of changes once admin users are set).
 
+mod auth;
 mod connections;
 mod console;
 mod error;
@@ -30,6 +33,7 @@ mod rabbitmq;
 mod request;
 mod topics;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +65,9 @@ pub struct Listener {
 pub struct HttpConfig {
     /// Every listener of this broker (this one included), for the overview.
     pub listeners: Vec<Listener>,
+    /// Users (and passwords) allowed to change things; when there are any,
+    /// every request but a GET or HEAD needs one of them (HTTP Basic).
+    pub admins: BTreeMap<String, String>,
 }
 
 /// The shared state of every handler.
@@ -140,6 +147,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            auth::require_admin,
+        ))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),

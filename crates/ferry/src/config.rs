@@ -290,6 +290,10 @@ struct FileHttp {
     connections_max: Option<usize>,
     idle_timeout_ms: Option<u64>,
     body_timeout_ms: Option<u64>,
+    /// Admin users and their passwords (`[http.admins] alice = "..."`):
+    /// read from the file only, never from flags or the environment, where
+    /// other processes could read them.
+    admins: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +335,9 @@ pub struct Settings {
     pub sqs_limits: HttpLimits,
     pub http_listen: String,
     pub http_limits: HttpLimits,
+    /// Users allowed to change things through the admin API (none: the
+    /// API is open, and the listener should stay on loopback).
+    pub http_admins: BTreeMap<String, String>,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub retention_check_interval_ms: u64,
@@ -561,6 +568,7 @@ impl Settings {
                     30_000,
                 )?,
             },
+            http_admins: file.http.admins.unwrap_or_default(),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.topics.auto_create)

@@ -158,7 +158,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         address,
     })
     .collect();
-    let admin = ferry_http::Admin::new(broker.clone(), ferry_http::HttpConfig { listeners });
+    let admin = ferry_http::Admin::new(
+        broker.clone(),
+        ferry_http::HttpConfig {
+            listeners,
+            admins: settings.http_admins.clone(),
+        },
+    );
     let rates = tokio::spawn(ferry_http::run_rates(admin.clone()));
     let http = tokio::spawn(http_listener::serve(
         "http",
