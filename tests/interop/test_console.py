@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -48,9 +49,29 @@ def wait_for(driver, condition, what: str):
     )
 
 
+# Pages that poll (queues, connections) redraw their tables every 2 s: an
+# element found a moment ago may be gone, so reads and clicks are retried.
+
+
 def text_of(driver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def click(driver, find, what: str) -> None:
+    """Clicks what `find(driver)` returns, retrying while the page redraws."""
+
+    def clicked(d):
+        try:
+            find(d).click()
+            return True
+        except (StaleElementReferenceException, NoSuchElementException, ValueError):
+            return False
+
+    wait_for(driver, clicked, what)
 
 
 def shoot(driver, name: str) -> None:
@@ -144,9 +165,9 @@ def test_every_page_and_the_operator_flows(ferry, browser):
 
     # Queues, then the dead-letter queue: peek, redrive.
     open_page(browser, ferry, "#/queues", "#queues-table", "the queues table")
-    assert "work.dlq" in text_of(browser, "#queues-table")
+    wait_for(browser, lambda d: "work.dlq" in text_of(d, "#queues-table"), "the dead-letter queue listed")
     shoot(browser, "queues")
-    browser.find_element(By.LINK_TEXT, "work.dlq").click()
+    click(browser, lambda d: d.find_element(By.LINK_TEXT, "work.dlq"), "the dead-letter queue's link")
     wait_for(browser, lambda d: "resize photo 7" in text_of(d, "#messages-table"), "the dead-lettered message peeked")
     assert "work (rejected)" in text_of(browser, "#messages-table")
     wait_for(browser, lambda d: "1 ready" in text_of(d, "#queue-counts"), "the queue's counts")
@@ -166,8 +187,12 @@ def test_every_page_and_the_operator_flows(ferry, browser):
     open_page(browser, ferry, "#/connections", "#connections-table", "the connections table")
     wait_for(browser, lambda d: "console-victim" in text_of(d, "#connections-table"), "the pika connection listed")
     shoot(browser, "connections")
-    [row] = [r for r in browser.find_elements(By.CSS_SELECTOR, "#connections-table tbody tr") if "console-victim" in r.text]
-    row.find_element(By.CSS_SELECTOR, "button.close-connection").click()
+
+    def close_button(d):
+        [row] = [r for r in d.find_elements(By.CSS_SELECTOR, "#connections-table tbody tr") if "console-victim" in r.text]
+        return row.find_element(By.CSS_SELECTOR, "button.close-connection")
+
+    click(browser, close_button, "the connection's Close button")
     deadline = time.monotonic() + DEADLINE_S
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
         while time.monotonic() < deadline:
