@@ -27,6 +27,15 @@ const CRC_START: usize = 21;
 /// Headers one record may carry when decoding: a bound on what a corrupt or
 /// hostile length field can make us allocate.
 const RECORD_HEADERS_MAX: usize = 4096;
+/// The most bytes the records of one compressed batch may decompress to in
+/// [`decode_batch`]: 128 MiB, the default `message_bytes_max` of AMQP (the
+/// largest message the broker takes on any protocol) and 128 times the
+/// default `max.message.bytes`, so far more than a producer's batch of real
+/// data expands to. A batch that decompresses, or whose compressed data
+/// claims to decompress, to more is refused as malformed before more than
+/// about this much is allocated; before, a 471-byte batch made its reader
+/// allocate 2.18 GB.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 128 << 20;
 
 /// One record to frame with [`build_batch`].
 #[derive(Debug, Clone, Copy)]
@@ -200,8 +209,19 @@ impl Cursor {
 
 /// Takes apart one stored batch (exactly one, as [`crate::Log::read`] returns
 /// them back to back; see [`split_batches`]). The CRC is not checked again:
-/// the log checked it on append and on recovery.
+/// the log checked it on append and on recovery. A compressed batch may
+/// decompress to at most [`DECOMPRESSED_BATCH_BYTES_MAX`].
 pub fn decode_batch(batch: Bytes) -> Result<Vec<StoredRecord>, RecordError> {
+    decode_batch_with_limit(batch, DECOMPRESSED_BATCH_BYTES_MAX)
+}
+
+/// [`decode_batch`] with a limit of its own on what a compressed batch's
+/// records may decompress to: more is refused as malformed before more than
+/// about `max_decompressed_bytes` is allocated.
+pub fn decode_batch_with_limit(
+    batch: Bytes,
+    max_decompressed_bytes: usize,
+) -> Result<Vec<StoredRecord>, RecordError> {
     let header = BatchHeader::parse(&batch)?;
     if header.total_len() > batch.len() {
         return Err(BatchError::Truncated {
@@ -215,7 +235,8 @@ pub fn decode_batch(batch: Bytes) -> Result<Vec<StoredRecord>, RecordError> {
     }
     if header.compression() != 0 {
         let mut buf = batch.slice(..header.total_len());
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|_| malformed("compressed"))?;
+        let set = RecordBatchDecoder::decode_with_limit(&mut buf, max_decompressed_bytes)
+            .map_err(|_| malformed("compressed"))?;
         return Ok(set
             .records
             .into_iter()

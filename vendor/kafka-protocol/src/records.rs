@@ -446,8 +446,35 @@ impl RecordBatchDecoder {
         F: Fn(&mut bytes::Bytes, Compression) -> Result<B>,
     {
         let mut records = Vec::new();
-        let (version, compression) =
-            Self::decode_into_vec(buf, &mut records, decompressor.as_ref())?;
+        let (version, compression) = Self::decode_into_vec(
+            buf,
+            &mut records,
+            decompressor.as_ref(),
+            cmpr::DEFAULT_MAX_DECOMPRESSED_BYTES,
+        )?;
+        Ok(RecordSet {
+            version,
+            compression,
+            records,
+        })
+    }
+
+    /// Decode one RecordSet from the provided buffer, refusing a compressed
+    /// batch whose records decompress (or claim to) to more than
+    /// `max_decompressed_bytes`, before allocating more than about that.
+    /// Added by Ferry; [`Self::decode`] is this with
+    /// [`DEFAULT_MAX_DECOMPRESSED_BYTES`](cmpr::DEFAULT_MAX_DECOMPRESSED_BYTES).
+    pub fn decode_with_limit<B: ByteBuf>(
+        buf: &mut B,
+        max_decompressed_bytes: usize,
+    ) -> Result<RecordSet> {
+        let mut records = Vec::new();
+        let (version, compression) = Self::decode_into_vec(
+            buf,
+            &mut records,
+            None::<fn(&mut bytes::Bytes, Compression) -> Result<B>>.as_ref(),
+            max_decompressed_bytes,
+        )?;
         Ok(RecordSet {
             version,
             compression,
@@ -466,16 +493,14 @@ impl RecordBatchDecoder {
 
     /// Decode one RecordSet from the provided buffer.
     pub fn decode<B: ByteBuf>(buf: &mut B) -> Result<RecordSet> {
-        Self::decode_with_custom_compression(
-            buf,
-            None::<fn(&mut bytes::Bytes, Compression) -> Result<B>>.as_ref(),
-        )
+        Self::decode_with_limit(buf, cmpr::DEFAULT_MAX_DECOMPRESSED_BYTES)
     }
 
     fn decode_into_vec<B: ByteBuf, F>(
         buf: &mut B,
         records: &mut Vec<Record>,
         decompress_func: Option<&F>,
+        max_decompressed_bytes: usize,
     ) -> Result<(i8, Compression)>
     where
         F: Fn(&mut bytes::Bytes, Compression) -> Result<B>,
@@ -483,7 +508,13 @@ impl RecordBatchDecoder {
         let version = buf.try_peek_bytes(MAGIC_BYTE_OFFSET..(MAGIC_BYTE_OFFSET + 1))?[0] as i8;
         let compression = match version {
             0..=1 => bail!("message sets v{version} are unsupported"),
-            2 => Self::decode_new_batch(buf, version, records, decompress_func),
+            2 => Self::decode_new_batch(
+                buf,
+                version,
+                records,
+                decompress_func,
+                max_decompressed_bytes,
+            ),
             _ => {
                 bail!("Unknown record batch version ({version})");
             }
@@ -514,7 +545,9 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // Ferry: the count is the batch header's claim; each record takes
+        // at least one byte, so never reserve more than the bytes left.
+        records.reserve((batch_decode_info.record_count as usize).min(buf.remaining()));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -623,6 +656,7 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
         decompress_func: Option<&F>,
+        max_decompressed_bytes: usize,
     ) -> Result<Compression>
     where
         F: Fn(&mut bytes::Bytes, Compression) -> Result<B>,
@@ -635,25 +669,35 @@ impl RecordBatchDecoder {
             Self::decode_new_records(&mut decompressed_buf, &batch_decode_info, version, records)?;
         } else {
             match compression {
-                Compression::None => cmpr::None::decompress(&mut records_buf, |buf| {
-                    Self::decode_new_records(buf, &batch_decode_info, version, records)
-                })?,
+                Compression::None => cmpr::None::decompress_bounded(
+                    &mut records_buf,
+                    max_decompressed_bytes,
+                    |buf| Self::decode_new_records(buf, &batch_decode_info, version, records),
+                )?,
                 #[cfg(feature = "snappy")]
-                Compression::Snappy => cmpr::Snappy::decompress(&mut records_buf, |buf| {
-                    Self::decode_new_records(buf, &batch_decode_info, version, records)
-                })?,
+                Compression::Snappy => cmpr::Snappy::decompress_bounded(
+                    &mut records_buf,
+                    max_decompressed_bytes,
+                    |buf| Self::decode_new_records(buf, &batch_decode_info, version, records),
+                )?,
                 #[cfg(feature = "gzip")]
-                Compression::Gzip => cmpr::Gzip::decompress(&mut records_buf, |buf| {
-                    Self::decode_new_records(buf, &batch_decode_info, version, records)
-                })?,
+                Compression::Gzip => cmpr::Gzip::decompress_bounded(
+                    &mut records_buf,
+                    max_decompressed_bytes,
+                    |buf| Self::decode_new_records(buf, &batch_decode_info, version, records),
+                )?,
                 #[cfg(feature = "zstd")]
-                Compression::Zstd => cmpr::Zstd::decompress(&mut records_buf, |buf| {
-                    Self::decode_new_records(buf, &batch_decode_info, version, records)
-                })?,
+                Compression::Zstd => cmpr::Zstd::decompress_bounded(
+                    &mut records_buf,
+                    max_decompressed_bytes,
+                    |buf| Self::decode_new_records(buf, &batch_decode_info, version, records),
+                )?,
                 #[cfg(feature = "lz4")]
-                Compression::Lz4 => cmpr::Lz4::decompress(&mut records_buf, |buf| {
-                    Self::decode_new_records(buf, &batch_decode_info, version, records)
-                })?,
+                Compression::Lz4 => cmpr::Lz4::decompress_bounded(
+                    &mut records_buf,
+                    max_decompressed_bytes,
+                    |buf| Self::decode_new_records(buf, &batch_decode_info, version, records),
+                )?,
                 #[allow(unreachable_patterns)]
                 c => {
                     return Err(anyhow!(

@@ -8,7 +8,7 @@ use flate2::Compression;
 
 use crate::protocol::buf::{ByteBuf, ByteBufMut};
 
-use super::{Compressor, Decompressor};
+use super::{BoundedOutput, Compressor, Decompressor};
 
 /// Gzip compression algorithm. See [Kafka's broker configuration](https://kafka.apache.org/documentation/#brokerconfigs_compression.type)
 /// for more information.
@@ -35,18 +35,18 @@ impl<B: ByteBufMut> Compressor<B> for Gzip {
 
 impl<B: ByteBuf> Decompressor<B> for Gzip {
     type Buf = Bytes;
-    fn decompress<R, F>(buf: &mut B, f: F) -> Result<R>
+    fn decompress_bounded<R, F>(buf: &mut B, max_bytes: usize, f: F) -> Result<R>
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {
-        let mut tmp = BytesMut::new();
-
-        // Decompress directly from the input buffer
-        let mut d = GzDecoder::new((&mut tmp).writer());
+        // Decompress directly from the input buffer, into an output that
+        // fails once it would pass `max_bytes` (Ferry: this grew without a
+        // bound, about 1000 bytes for every byte of deflate data).
+        let mut d = GzDecoder::new(BoundedOutput::new(max_bytes));
         d.write_all(&buf.copy_to_bytes(buf.remaining()))
             .context("Failed to decompress gzip")?;
-        d.finish().context("Failed to decompress gzip")?;
+        let tmp = d.finish().context("Failed to decompress gzip")?;
 
-        f(&mut tmp.into())
+        f(&mut tmp.into_bytes())
     }
 }

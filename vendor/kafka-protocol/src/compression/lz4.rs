@@ -5,7 +5,7 @@ use lz4::BlockMode;
 use lz4::{Decoder, EncoderBuilder};
 use std::io;
 
-use super::{Compressor, Decompressor};
+use super::{BoundedOutput, Compressor, Decompressor};
 
 /// Gzip compression algorithm. See [Kafka's broker configuration](https://kafka.apache.org/documentation/#brokerconfigs_compression.type)
 /// for more information.
@@ -38,19 +38,22 @@ impl<B: ByteBufMut> Compressor<B> for Lz4 {
 
 impl<B: ByteBuf> Decompressor<B> for Lz4 {
     type Buf = Bytes;
-    fn decompress<R, F>(buf: &mut B, f: F) -> Result<R>
+    fn decompress_bounded<R, F>(buf: &mut B, max_bytes: usize, f: F) -> Result<R>
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {
-        let mut tmp = BytesMut::new().writer();
+        // Stream into an output that fails once it would pass `max_bytes`.
+        // (Ferry: this grew without a bound. The frame's content size field
+        // is not used to size anything, and liblz4's own buffers are bounded
+        // by the frame's block size, at most 4 MiB.)
+        let mut tmp = BoundedOutput::new(max_bytes);
 
-        // Allocate a temporary buffer to hold the uncompressed bytes
         let buf = buf.copy_to_bytes(buf.remaining());
 
         let mut decoder = Decoder::new(buf.reader()).context("Failed to decompress lz4")?;
         io::copy(&mut decoder, &mut tmp).context("Failed to decompress lz4")?;
 
-        f(&mut tmp.into_inner().into())
+        f(&mut tmp.into_bytes())
     }
 }
 

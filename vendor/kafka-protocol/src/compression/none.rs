@@ -18,7 +18,9 @@ impl<B: ByteBufMut> Compressor<B> for None {
 
 impl<B: ByteBuf> Decompressor<B> for None {
     type Buf = B;
-    fn decompress<R, F>(buf: &mut B, f: F) -> Result<R>
+    /// Nothing is allocated: the records are read in place, whatever
+    /// `max_bytes` is.
+    fn decompress_bounded<R, F>(buf: &mut B, _max_bytes: usize, f: F) -> Result<R>
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {

@@ -4,7 +4,7 @@ use snap::raw::*;
 
 use crate::protocol::buf::{ByteBuf, ByteBufMut};
 
-use super::{Compressor, Decompressor};
+use super::{too_large, BoundedOutput, Compressor, Decompressor};
 
 /// Kafka variant of the snappy compression algorithm. See
 /// <https://github.com/xerial/snappy-java?tab=readme-ov-file#compatibility-notes> for notes about
@@ -57,9 +57,32 @@ impl<B: ByteBufMut> Compressor<B> for Snappy {
 
 const MAGIC_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
 
+/// The most bytes snappy data can decompress to per byte of it: a copy
+/// element takes at least 3 bytes for at most 64 bytes of output (a 2-byte
+/// one at most 11), a literal at least one byte per byte. (Added by Ferry.)
+const MAX_EXPANSION: usize = 22;
+
+/// The length raw snappy data `compressed` claims in its preamble, refused if
+/// it is more than `max_bytes` or more than the data could decompress to.
+/// (Added by Ferry: the claim sized a zeroed buffer before anything was
+/// checked, so 5 bytes could claim, and make us allocate, 4 GiB.)
+fn checked_decompress_len(compressed: &[u8], max_bytes: usize) -> Result<usize> {
+    let claimed = decompress_len(compressed).context("failed to read snappy header")?;
+    if claimed > max_bytes {
+        return Err(too_large(max_bytes).into());
+    }
+    if claimed > compressed.len().saturating_mul(MAX_EXPANSION) {
+        anyhow::bail!(
+            "snappy data of {} bytes claims to decompress to {claimed} bytes",
+            compressed.len()
+        );
+    }
+    Ok(claimed)
+}
+
 impl<B: ByteBuf> Decompressor<B> for Snappy {
     type Buf = Bytes;
-    fn decompress<R, F>(compressed: &mut B, f: F) -> Result<R>
+    fn decompress_bounded<R, F>(compressed: &mut B, max_bytes: usize, f: F) -> Result<R>
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {
@@ -80,7 +103,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             .is_none_or(|magic| *magic != MAGIC_HEADER[..])
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
-            let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            let actual_len = checked_decompress_len(&compressed, max_bytes)?;
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -92,7 +115,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
         // Consume the magic header now that we know it matches
         let _ = compressed.try_get_bytes(MAGIC_HEADER.len());
 
-        let mut uncompressed = BytesMut::new();
+        let mut uncompressed = BoundedOutput::new(max_bytes);
         while compressed.has_remaining() {
             let compressed_block_size = compressed
                 .try_get_u32()
@@ -102,23 +125,18 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
                 .try_get_bytes(compressed_block_size)
                 .context("not enough bytes for block")?;
 
-            let uncompressed_block_length = decompress_len(&compressed_block)
+            // Each block's claim is checked like raw data's, and what all
+            // blocks add up to may not pass `max_bytes` either.
+            let uncompressed_block_length = checked_decompress_len(&compressed_block, max_bytes)
                 .context("failed to get snappy uncompressed length")?;
-            let uncompressed_block_start = uncompressed.len();
-            uncompressed.resize(
-                uncompressed_block_start.saturating_add(uncompressed_block_length),
-                0,
-            );
+            let block = uncompressed.zeroed_tail(uncompressed_block_length)?;
 
             Decoder::new()
-                .decompress(
-                    &compressed_block,
-                    &mut uncompressed[uncompressed_block_start..],
-                )
+                .decompress(&compressed_block, block)
                 .context("failed to decompress snappy block")?;
         }
 
-        f(&mut uncompressed.into())
+        f(&mut uncompressed.into_bytes())
     }
 }
 

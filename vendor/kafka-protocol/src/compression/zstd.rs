@@ -1,8 +1,9 @@
 use crate::protocol::buf::{ByteBuf, ByteBufMut};
 use anyhow::{Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::io;
 
-use super::{Compressor, Decompressor};
+use super::{BoundedOutput, Compressor, Decompressor};
 
 /// Gzip compression algorithm. See [Kafka's broker configuration](https://kafka.apache.org/documentation/#brokerconfigs_compression.type)
 /// for more information.
@@ -27,19 +28,38 @@ impl<B: ByteBufMut> Compressor<B> for Zstd {
     }
 }
 
+/// The largest window (as a power of two) to decode for output bounded by
+/// `max_bytes`: the smallest power of two at least `max_bytes`, but at least
+/// 2^23 (the largest window of zstd's levels 1-19, so that what a producer
+/// compressed at any ordinary level decodes under a small limit) and at most
+/// 2^27 (zstd's own default limit).
+fn window_log_max(max_bytes: usize) -> u32 {
+    let log = usize::BITS - max_bytes.saturating_sub(1).leading_zeros();
+    log.clamp(23, 27)
+}
+
 impl<B: ByteBuf> Decompressor<B> for Zstd {
     type Buf = Bytes;
 
-    fn decompress<R, F>(buf: &mut B, f: F) -> Result<R>
+    fn decompress_bounded<R, F>(buf: &mut B, max_bytes: usize, f: F) -> Result<R>
     where
         F: FnOnce(&mut Self::Buf) -> Result<R>,
     {
-        let mut tmp = BytesMut::new().writer();
-        // Allocate a temporary buffer to hold the uncompressed bytes
+        // Stream into an output that fails once it would pass `max_bytes`
+        // (Ferry: this grew without a bound; run-length blocks make 128 KiB
+        // of four bytes). The frame content size is never used to size a
+        // buffer; the window a frame asks for (which the decoder does
+        // allocate) is capped by `window_log_max`.
+        let mut tmp = BoundedOutput::new(max_bytes);
         let buf = buf.copy_to_bytes(buf.remaining());
-        zstd::stream::copy_decode(buf.reader(), &mut tmp).context("Failed to decompress zstd")?;
+        let mut decoder =
+            zstd::stream::read::Decoder::new(buf.reader()).context("Failed to decompress zstd")?;
+        decoder
+            .window_log_max(window_log_max(max_bytes))
+            .context("Failed to decompress zstd")?;
+        io::copy(&mut decoder, &mut tmp).context("Failed to decompress zstd")?;
 
-        f(&mut tmp.into_inner().into())
+        f(&mut tmp.into_bytes())
     }
 }
 
