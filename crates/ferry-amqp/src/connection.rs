@@ -30,7 +30,7 @@ use ferry_core::messaging::{
 };
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -40,7 +40,7 @@ use crate::content::Assembly;
 use crate::credit::Credit;
 use crate::errors::*;
 use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Method};
-use crate::frame::{PROTOCOL_HEADER, RawFrame, ReadError};
+use crate::frame::{FrameReader, PROTOCOL_HEADER, RawFrame, ReadError};
 use crate::props::{self, Props};
 use crate::table;
 use crate::{DirectReply, ReplyTarget, Shared};
@@ -316,8 +316,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         .metrics
         .connections()
         .register("amqp", peer, local);
-    let (rd, mut wr) = socket.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let (mut rd, mut wr) = socket.into_split();
     let mut header = [0u8; 8];
     match tokio::time::timeout(shared.config.handshake_timeout, rd.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}
@@ -336,7 +335,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let last_read_ms = Arc::new(AtomicU64::new(0));
     let (frames_tx, frames) = mpsc::channel(READ_AHEAD_BATCHES);
     let reader = tokio::spawn(read_loop(
-        rd,
+        FrameReader::new(rd),
         frames_tx,
         frame_limit.clone(),
         last_read_ms.clone(),
@@ -405,7 +404,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 }
 
 async fn read_loop(
-    mut rd: BufReader<OwnedReadHalf>,
+    mut rd: FrameReader<OwnedReadHalf>,
     tx: mpsc::Sender<ReadEvent>,
     frame_limit: Arc<AtomicU32>,
     last_read_ms: Arc<AtomicU64>,
@@ -418,10 +417,10 @@ async fn read_loop(
         let mut failed = None;
         // The wait for a frame's first byte has no bound here (heartbeats
         // watch it); the rest of the frame must follow within frame_timeout.
-        if let Err(e) = rd.fill_buf().await {
-            failed = Some(ReadError::Closed(e));
+        if let Err(e) = rd.wait_for_data().await {
+            failed = Some(e);
         } else {
-            let read = frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed));
+            let read = rd.read_frame(frame_limit.load(Ordering::Relaxed));
             match tokio::time::timeout(frame_timeout, read).await {
                 Ok(Ok(f)) => batch.push(f),
                 Ok(Err(e)) => failed = Some(e),
@@ -437,12 +436,10 @@ async fn read_loop(
         }
         // Frames already whole in the buffer go with it: reading them needs
         // no wait, and one hand-over instead of one each.
-        while failed.is_none()
-            && batch.len() < READ_BATCH_FRAMES_MAX
-            && frame::whole_frame_buffered(rd.buffer())
-        {
-            match frame::read_frame(&mut rd, frame_limit.load(Ordering::Relaxed)).await {
-                Ok(f) => batch.push(f),
+        while failed.is_none() && batch.len() < READ_BATCH_FRAMES_MAX {
+            match rd.buffered_frame(frame_limit.load(Ordering::Relaxed)) {
+                Ok(Some(f)) => batch.push(f),
+                Ok(None) => break,
                 Err(e) => failed = Some(e),
             }
         }
@@ -932,11 +929,12 @@ impl Conn {
                 ),
                 _ => None,
             };
-            let started = Instant::now();
+            // Content frames are not timed: only methods are counted.
+            let started = method.map(|_| Instant::now());
             if let Err(e) = self.on_frame(f).await {
                 self.on_error(e).await;
             }
-            if let Some(name) = method {
+            if let (Some(name), Some(started)) = (method, started) {
                 // The connection's own time on the method: a confirm's
                 // fsync is waited for elsewhere, after this.
                 let elapsed = started.elapsed();

@@ -47,63 +47,123 @@ pub enum ReadError {
     Frame(AmqpError),
 }
 
-/// Whether `buf` starts with a whole frame (header, payload, end octet), so
-/// that `read_frame` on a reader holding `buf` returns without waiting.
-pub fn whole_frame_buffered(buf: &[u8]) -> bool {
-    if buf.len() < FRAME_HEADER_BYTES {
-        return false;
-    }
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    buf.len() > FRAME_HEADER_BYTES + size
+/// Bytes asked of the socket per read: many small frames (a publish is
+/// three) arrive in one read and are cut out of it without copying.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads frames from a socket into one buffer and hands each payload out as
+/// a slice of it: no allocation or copy per frame. A payload keeps the chunk
+/// it was read into alive until it is dropped; the next read then goes into
+/// a fresh chunk.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
 }
 
-/// Reads one frame, refusing (before allocating) a payload above `frame_max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    frame_max: u32,
-) -> Result<RawFrame, ReadError> {
-    let mut head = [0u8; FRAME_HEADER_BYTES];
-    r.read_exact(&mut head).await.map_err(ReadError::Closed)?;
-    let kind = head[0];
-    let channel = u16::from_be_bytes([head[1], head[2]]);
-    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Waits, without a time bound, until some of the next frame has arrived.
+    pub async fn wait_for_data(&mut self) -> Result<(), ReadError> {
+        if self.buf.is_empty() {
+            self.fill(1).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one frame, refusing (before reading its payload) one above
+    /// `frame_max`.
+    pub async fn read_frame(&mut self, frame_max: u32) -> Result<RawFrame, ReadError> {
+        loop {
+            match cut_frame(&mut self.buf, frame_max).map_err(ReadError::Frame)? {
+                Cut::Frame(f) => return Ok(f),
+                Cut::Need(n) => self.fill(n).await?,
+            }
+        }
+    }
+
+    /// The next frame if it is already whole in the buffer: reading it needs
+    /// no wait.
+    pub fn buffered_frame(&mut self, frame_max: u32) -> Result<Option<RawFrame>, ReadError> {
+        match cut_frame(&mut self.buf, frame_max).map_err(ReadError::Frame)? {
+            Cut::Frame(f) => Ok(Some(f)),
+            Cut::Need(_) => Ok(None),
+        }
+    }
+
+    /// Reads at least once, with room for `needed` more bytes (bounded by
+    /// `frame_max` through `cut_frame`).
+    async fn fill(&mut self, needed: usize) -> Result<(), ReadError> {
+        self.buf.reserve(needed.max(READ_CHUNK_BYTES));
+        let n = self
+            .inner
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(ReadError::Closed)?;
+        if n == 0 {
+            return Err(ReadError::Closed(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+}
+
+enum Cut {
+    Frame(RawFrame),
+    /// Bytes still missing before the frame (or its header) is whole.
+    Need(usize),
+}
+
+/// Cuts the first frame off `buf` if it is whole; checks the type and the
+/// size as soon as the 7-byte header is there.
+fn cut_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Cut, AmqpError> {
+    if buf.len() < FRAME_HEADER_BYTES {
+        return Ok(Cut::Need(FRAME_HEADER_BYTES - buf.len()));
+    }
+    let kind = buf[0];
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
     if !matches!(
         kind,
         FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
     ) {
-        return Err(ReadError::Frame(AmqpError::connection(
+        return Err(AmqpError::connection(
             FRAME_ERROR,
             format!("type {kind}, all octets = <<>>: unknown_frame"),
-        )));
+        ));
     }
     // frame_max counts the whole frame; like RabbitMQ, accept payloads up to
     // frame_max itself, since some clients count only the payload.
     if size > frame_max {
-        return Err(ReadError::Frame(AmqpError::connection(
+        return Err(AmqpError::connection(
             FRAME_ERROR,
             format!(
                 "type {kind}, all octets = <<>>: {{frame_too_large,{size},{}}}",
                 frame_max.saturating_sub(FRAME_OVERHEAD_BYTES as u32)
             ),
-        )));
+        ));
     }
-    let mut payload = BytesMut::zeroed(size as usize + 1);
-    r.read_exact(&mut payload)
-        .await
-        .map_err(ReadError::Closed)?;
-    let end = payload[size as usize];
+    let total = FRAME_OVERHEAD_BYTES + size as usize;
+    if buf.len() < total {
+        return Ok(Cut::Need(total - buf.len()));
+    }
+    let end = buf[total - 1];
     if end != FRAME_END {
-        return Err(ReadError::Frame(AmqpError::connection(
+        return Err(AmqpError::connection(
             FRAME_ERROR,
             format!("type {kind}, all octets = <<>>: {{invalid_frame_end_marker,{end}}}"),
-        )));
+        ));
     }
-    payload.truncate(size as usize);
-    Ok(RawFrame {
+    let frame = buf.split_to(total).freeze();
+    Ok(Cut::Frame(RawFrame {
         kind,
         channel,
-        payload: payload.freeze(),
-    })
+        payload: frame.slice(FRAME_HEADER_BYTES..total - 1),
+    }))
 }
 
 /// A parsed method with the field table it carries (declare/bind arguments,
@@ -548,21 +608,75 @@ mod tests {
         assert_eq!(bodies, 3);
     }
 
+    fn wire_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend_from_slice(&channel.to_be_bytes());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.push(FRAME_END);
+        f
+    }
+
+    #[tokio::test]
+    async fn frames_are_cut_whole_however_they_arrive() {
+        let sent = [
+            (FRAME_METHOD, 1u16, b"abc".to_vec()),
+            (FRAME_BODY, 1, (0..5000u32).map(|i| i as u8).collect()),
+            (FRAME_HEARTBEAT, 0, Vec::new()),
+        ];
+        let wire: Vec<u8> = sent
+            .iter()
+            .flat_map(|(k, c, p)| wire_frame(*k, *c, p))
+            .collect();
+        let check = |f: RawFrame, i: usize| {
+            assert_eq!((f.kind, f.channel), (sent[i].0, sent[i].1), "frame {i}");
+            assert_eq!(&f.payload[..], &sent[i].2[..], "frame {i}");
+        };
+
+        // In one read: the first waits, the others are already buffered.
+        let mut r = FrameReader::new(&wire[..]);
+        check(r.read_frame(131072).await.unwrap(), 0);
+        check(r.buffered_frame(131072).unwrap().unwrap(), 1);
+        check(r.buffered_frame(131072).unwrap().unwrap(), 2);
+        assert!(r.buffered_frame(131072).unwrap().is_none());
+        assert!(matches!(
+            r.read_frame(131072).await,
+            Err(ReadError::Closed(_))
+        ));
+
+        // Three bytes at a time: never a whole frame buffered early, each
+        // one complete when read.
+        let (mut tx, rx) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in wire.chunks(3) {
+                tx.write_all(piece).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(rx);
+        for i in 0..sent.len() {
+            r.wait_for_data().await.unwrap();
+            check(r.read_frame(131072).await.unwrap(), i);
+        }
+        writer.await.unwrap();
+        assert!(r.wait_for_data().await.is_err());
+    }
+
     #[tokio::test]
     async fn oversized_frames_are_refused_before_reading_them() {
-        let mut data: &[u8] = &[1, 0, 1, 0x7f, 0xff, 0xff, 0xff];
-        match read_frame(&mut data, 131072).await {
+        let mut data = FrameReader::new(&[1u8, 0, 1, 0x7f, 0xff, 0xff, 0xff][..]);
+        match data.read_frame(131072).await {
             Err(ReadError::Frame(e)) => assert_eq!(e.code, 501),
             other => panic!("{other:?}"),
         }
-        let mut data: &[u8] = &[1, 0, 1, 0, 0, 0, 1, 9, 0xCD];
-        match read_frame(&mut data, 131072).await {
+        let mut data = FrameReader::new(&[1u8, 0, 1, 0, 0, 0, 1, 9, 0xCD][..]);
+        match data.read_frame(131072).await {
             Err(ReadError::Frame(e)) => assert_eq!(e.code, 501),
             other => panic!("{other:?}"),
         }
-        let mut data: &[u8] = &[9, 0, 1, 0, 0, 0, 0, 0xCE];
+        let mut data = FrameReader::new(&[9u8, 0, 1, 0, 0, 0, 0, 0xCE][..]);
         assert!(matches!(
-            read_frame(&mut data, 131072).await,
+            data.read_frame(131072).await,
             Err(ReadError::Frame(_))
         ));
     }

@@ -13,23 +13,21 @@ use crate::{FRAME_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT};
 /// Content header bytes before the property flags: class, weight, body size.
 const HEADER_PREFIX_BYTES: usize = 12;
 
-/// The next frame of `input`, as the connection reads it with the default
-/// `frame_max`; `None` where the connection would stop reading. Reading
-/// from a slice never waits, so the future is ready at once. (The defaults
-/// are the constants, not `AmqpConfig::default()`, which compiles the
-/// guest user's permission regexes: 140 runs a second instead of
+/// The frames of `input`, as the connection reads them with the default
+/// `frame_max`, up to the first where the connection would stop reading.
+/// Reading from a slice never waits, so each future is ready at once. (The
+/// defaults are the constants, not `AmqpConfig::default()`, which compiles
+/// the guest user's permission regexes: 140 runs a second instead of
 /// thousands.)
-fn next_frame(input: &mut &[u8]) -> Option<RawFrame> {
-    frame::read_frame(input, FRAME_MAX_DEFAULT)
-        .now_or_never()?
-        .ok()
+fn read_frames(input: &[u8]) -> impl Iterator<Item = RawFrame> + '_ {
+    let mut reader = frame::FrameReader::new(input);
+    std::iter::from_fn(move || reader.read_frame(FRAME_MAX_DEFAULT).now_or_never()?.ok())
 }
 
 /// Reads frames from `data` until one does not read, parsing each method
 /// and content header.
 pub fn frames(data: &[u8]) {
-    let mut input = data;
-    while let Some(f) = next_frame(&mut input) {
+    for f in read_frames(data) {
         match f.kind {
             FRAME_METHOD => drop(frame::parse_method(&f.payload)),
             FRAME_HEADER if f.payload.len() >= HEADER_PREFIX_BYTES => {
@@ -46,8 +44,7 @@ pub fn frames(data: &[u8]) {
 pub fn content(data: &[u8]) {
     let message_bytes_max = MESSAGE_BYTES_MAX_DEFAULT;
     let mut assembly: Option<Assembly> = None;
-    let mut input = data;
-    while let Some(f) = next_frame(&mut input) {
+    for f in read_frames(data) {
         let step = match (f.kind, assembly.as_mut()) {
             (FRAME_HEARTBEAT, _) => Ok(false),
             (FRAME_METHOD, None) => frame::parse_method(&f.payload).map(|m| {
