@@ -316,7 +316,7 @@ pub async fn count_requests(
     admin
         .broker
         .metrics()
-        .request("http", &name, started.elapsed());
+        .request("http", name, started.elapsed());
     response
 }
 

@@ -206,7 +206,7 @@ async fn read_requests(
         let started = std::time::Instant::now();
         let task = tokio::spawn(async move {
             let outcome = work.await;
-            metrics.request("kafka", &format!("{api:?}"), started.elapsed());
+            metrics.request("kafka", format!("{api:?}"), started.elapsed());
             outcome
         });
         let in_flight = InFlight {

@@ -104,7 +104,7 @@ pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
     // and each name would be a metric series of its own.
     if !matches!(&result, Err(e) if e.code == Code::InvalidAction) {
         let metrics = &sqs.config.metrics;
-        metrics.request("sqs", &req.action, started.elapsed());
+        metrics.request("sqs", req.action.clone(), started.elapsed());
     }
     match result {
         Ok(result) => ok_response(protocol, &req.action, result, &request_id),
