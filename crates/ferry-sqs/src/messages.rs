@@ -187,8 +187,8 @@ impl Sqs {
         })
     }
 
-    /// Appends prepared messages (in order), waits until they are durable,
-    /// and answers each one's result.
+    /// Appends prepared messages (in order, with one write to the queue's
+    /// log), waits until they are durable, and answers each one's result.
     async fn send_prepared(
         &self,
         q: &QueueState,
@@ -199,13 +199,18 @@ impl Sqs {
             Duration::from_secs(q.attr_i64("MessageRetentionPeriod", 345_600).unsigned_abs());
         let now = now_ms();
         let window_ms = i64::try_from(self.config.dedup_window.as_millis()).unwrap_or(300_000);
-        let mut results: Vec<SqsResult<(Value, Option<ferry_core::messaging::PendingDurability>)>> =
+        // Per message: its answer so far, and its message id if it is among
+        // the appended (duplicates and invalid entries are not).
+        let mut results: Vec<(SqsResult<Value>, Option<String>)> =
             Vec::with_capacity(prepared.len());
+        let mut to_send = Vec::new();
         let mut new_dedup = Vec::new();
-        {
+        let sent = {
             // FIFO: deduplication and sequence numbers are decided, and the
-            // appends made, in one step per queue, so sequence numbers follow
-            // the log's order.
+            // append made, in one step per queue, so sequence numbers follow
+            // the log's order. A new deduplication entry is taken before the
+            // append (a duplicate later in the same batch must see it) and
+            // dropped again if the append fails.
             let mut rt = q.runtime();
             if q.fifo {
                 while let Some((exp, _)) = rt.dedup_expiry.front()
@@ -222,73 +227,87 @@ impl Sqs {
                 let mut p = match p {
                     Ok(p) => p,
                     Err(e) => {
-                        results.push(Err(e));
+                        results.push((Err(e), None));
                         continue;
                     }
                 };
+                let mut r = result_json(&p);
                 if let Some(key) = &p.dedup_key {
                     // An entry not yet dropped (the clock stepped back, or
                     // it was restored out of order) but expired is no
                     // duplicate.
                     if let Some(prev) = rt.dedup.get(key).filter(|e| e.exp > now) {
-                        let mut r = result_json(&p);
                         r.insert("MessageId".into(), Value::String(prev.id.clone()));
                         r.insert("SequenceNumber".into(), Value::String(prev.seq.clone()));
-                        results.push(Ok((Value::Object(r), None)));
+                        results.push((Ok(Value::Object(r)), None));
                         continue;
                     }
                     let floor = u128::try_from(now).unwrap_or(0) * 100_000_000;
                     let seq = rt.last_sequence.saturating_add(1).max(floor);
                     rt.last_sequence = seq;
-                    p.message.system.sequence = Some(format!("{seq:020}"));
+                    let seq = format!("{seq:020}");
+                    let entry = DedupEntry {
+                        q: q.incarnation.clone(),
+                        k: key.clone(),
+                        id: p.message.system.message_id.clone(),
+                        seq: seq.clone(),
+                        exp: now + window_ms,
+                    };
+                    rt.dedup_expiry.push_back((entry.exp, key.clone()));
+                    rt.dedup.insert(key.clone(), entry.clone());
+                    new_dedup.push(entry);
+                    r.insert("SequenceNumber".into(), Value::String(seq.clone()));
+                    p.message.system.sequence = Some(seq);
                 }
-                let engine_message = p.message.to_engine(&q.name, Some(retention));
-                match engine.send(engine_message, p.delay) {
-                    Ok(published) => {
-                        let mut r = result_json(&p);
-                        r.insert(
-                            "MessageId".into(),
-                            Value::String(p.message.system.message_id.clone()),
-                        );
-                        if let Some(seq) = &p.message.system.sequence {
-                            r.insert("SequenceNumber".into(), Value::String(seq.clone()));
-                        }
-                        if let Some(key) = &p.dedup_key {
-                            let entry = DedupEntry {
-                                q: q.incarnation.clone(),
-                                k: key.clone(),
-                                id: p.message.system.message_id.clone(),
-                                seq: p.message.system.sequence.clone().unwrap_or_default(),
-                                exp: now + window_ms,
-                            };
-                            rt.dedup_expiry.push_back((entry.exp, key.clone()));
-                            rt.dedup.insert(key.clone(), entry.clone());
-                            new_dedup.push(entry);
-                        }
-                        results.push(Ok((Value::Object(r), Some(published.pending))));
-                    }
-                    Err(e) => results.push(Err(e.into())),
-                }
+                r.insert(
+                    "MessageId".into(),
+                    Value::String(p.message.system.message_id.clone()),
+                );
+                to_send.push((p.message.to_engine(&q.name, Some(retention)), p.delay));
+                let id = p.message.system.message_id;
+                results.push((Ok(Value::Object(r)), Some(id)));
             }
-        }
+            if to_send.is_empty() {
+                Ok(Vec::new())
+            } else {
+                engine.send_all(to_send)
+            }
+        };
+        let mut sent = match sent {
+            Ok(sent) => sent.into_iter(),
+            Err(e) => {
+                let e = SqsError::from(e);
+                for (r, sent_id) in &mut results {
+                    if sent_id.is_some() {
+                        *r = Err(e.clone());
+                    }
+                }
+                Vec::new().into_iter()
+            }
+        };
         let mut out = Vec::with_capacity(results.len());
         let mut lost = Vec::new();
-        for r in results {
-            out.push(match r {
-                Ok((v, Some(pending))) => match pending.durable().await {
-                    Ok(()) => Ok(v),
-                    Err(e) => {
-                        // Not stored: a retry must not be taken for a
-                        // duplicate of it.
-                        if let Some(id) = v.get("MessageId").and_then(Value::as_str) {
-                            lost.push(id.to_string());
-                        }
-                        Err(e.into())
-                    }
-                },
-                Ok((v, None)) => Ok(v),
-                Err(e) => Err(e),
-            });
+        for (r, sent_id) in results {
+            let Some(id) = sent_id else {
+                out.push(r);
+                continue;
+            };
+            let stored = match (r, sent.next()) {
+                (Ok(v), Some(Ok(published))) => published
+                    .pending
+                    .durable()
+                    .await
+                    .map(|()| v)
+                    .map_err(SqsError::from),
+                (Ok(_), Some(Err(e))) => Err(SqsError::from(e)),
+                // The append failed as a whole: `r` holds its error.
+                (r, _) => r,
+            };
+            if stored.is_err() {
+                // Not stored: a retry must not be taken for a duplicate of it.
+                lost.push(id);
+            }
+            out.push(stored);
         }
         if !lost.is_empty() {
             new_dedup.retain(|e| !lost.contains(&e.id));
@@ -614,16 +633,20 @@ impl Sqs {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         let handle = req_str(p, "ReceiptHandle")?;
-        self.delete_one(&q, &engine, handle)?;
+        let deleted = self.delete_one(&q, &engine, handle);
+        engine.write_journal();
+        deleted?;
         Ok(json!({}))
     }
 
+    /// Deletes one received message; the caller writes the queue's journal
+    /// (`Queue::write_journal`) once for the request before answering.
     fn delete_one(&self, q: &QueueState, engine: &Queue, handle: &str) -> SqsResult<()> {
         let r = Receipt::decode(handle, q)?;
         // A handle of an earlier receive (the message came back and was
         // received again) succeeds without deleting, as SQS allows.
         if engine.in_flight_count(r.id) == Some(r.count) {
-            engine.ack(r.id)?;
+            engine.ack_journal_later(r.id)?;
             q.forget_delivery(r.id);
             if q.fifo {
                 q.released.notify_waiters();
@@ -646,6 +669,9 @@ impl Sqs {
                 Err(e) => failed.push(failure(id, &e)),
             }
         }
+        // One journal write for the batch, before the answer: a deletion
+        // answered survives a crash of the process.
+        engine.write_journal();
         Ok(batch_result(successful, failed))
     }
 

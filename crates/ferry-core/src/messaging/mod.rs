@@ -652,60 +652,96 @@ impl Queue {
     /// SendMessage), ready after `delay` if one is given (DelaySeconds).
     pub fn send(
         &self,
-        mut message: Message,
+        message: Message,
         delay: Option<Duration>,
     ) -> Result<Published, MessagingError> {
+        let mut sent = self.send_all(vec![(message, delay)])?;
+        sent.pop().unwrap_or_else(|| Err(self.gone()))
+    }
+
+    /// Appends messages to this queue in order, with one write to its log
+    /// (SQS SendMessageBatch), each ready after its delay if it has one.
+    /// The outer error is the log's (nothing stored); the inner ones are
+    /// per message (a full queue refuses the messages that do not fit).
+    pub fn send_all(
+        &self,
+        mut messages: Vec<(Message, Option<Duration>)>,
+    ) -> Result<Vec<Result<Published, MessagingError>>, MessagingError> {
         let shared = self.inner.shared().upgrade();
         let now = shared
             .as_ref()
             .map_or_else(|| self.inner.now_ms(), |s| s.clock.now_ms());
-        if message.published_ms == 0 {
-            message.published_ms = now;
+        let mut batches = Vec::with_capacity(messages.len());
+        let mut metas = Vec::with_capacity(messages.len());
+        for (message, delay) in &mut messages {
+            if message.published_ms == 0 {
+                message.published_ms = now;
+            }
+            let at = delay
+                .filter(|d| !d.is_zero())
+                .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+            batches.push(codec::encode_batch(message, at, now));
+            metas.push(codec::Meta {
+                persistent: message.persistent,
+                priority: message.priority,
+                ttl_ms: message
+                    .ttl
+                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                deliver_at_ms: at,
+            });
         }
-        let at = delay
-            .filter(|d| !d.is_zero())
-            .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-        let batch = codec::encode_batch(&message, at, now);
-        let meta = codec::Meta {
-            persistent: message.persistent,
-            priority: message.priority,
-            ttl_ms: message
-                .ttl
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            deliver_at_ms: at,
-        };
+        let entries: Vec<queue::Entry<'_>> = batches
+            .iter()
+            .zip(&metas)
+            .zip(&messages)
+            .map(|((batch, meta), (message, _))| queue::Entry {
+                batch,
+                meta,
+                body_bytes: message.body.len() as u64,
+            })
+            .collect();
         let mut outbox = Vec::new();
-        let appended = self
-            .inner
-            .append(&batch, &meta, message.body.len() as u64, &mut outbox);
+        let appended = self.inner.append_all(&entries, &mut outbox);
         self.inner.finish(outbox);
-        match appended? {
-            queue::Appended::Stored(wait) => Ok(Published {
-                routed: 1,
-                pending: PendingDurability {
-                    waits: wait
-                        .map(|info| vec![(self.inner.log.clone(), info)])
-                        .unwrap_or_default(),
-                },
-            }),
-            queue::Appended::Refused { dead_letter } => {
-                if dead_letter && let Some(shared) = shared {
-                    shared.dead_letter(
-                        &self.inner.cfg,
-                        &[queue::DeadLetter {
+        let mut refused = Vec::new();
+        let results = appended?
+            .into_iter()
+            .zip(messages)
+            .map(|(appended, (message, _))| match appended {
+                queue::Appended::Stored(wait) => Ok(Published {
+                    routed: 1,
+                    pending: PendingDurability {
+                        waits: wait
+                            .map(|info| vec![(self.inner.log.clone(), info)])
+                            .unwrap_or_default(),
+                    },
+                }),
+                queue::Appended::Refused { dead_letter } => {
+                    if dead_letter {
+                        refused.push(queue::DeadLetter {
                             offset: 0,
                             message,
                             reason: DeathReason::Maxlen,
-                        }],
-                    );
+                        });
+                    }
+                    Err(MessagingError::QueueFull(self.inner.cfg.name.clone()))
                 }
-                Err(MessagingError::QueueFull(self.inner.cfg.name.clone()))
-            }
-            queue::Appended::Gone => Err(MessagingError::NotFound {
-                kind: "queue",
-                name: self.inner.cfg.name.clone(),
-                vhost: self.inner.cfg.vhost.clone(),
-            }),
+                queue::Appended::Gone => Err(self.gone()),
+            })
+            .collect();
+        if !refused.is_empty()
+            && let Some(shared) = shared
+        {
+            shared.dead_letter(&self.inner.cfg, &refused);
+        }
+        Ok(results)
+    }
+
+    fn gone(&self) -> MessagingError {
+        MessagingError::NotFound {
+            kind: "queue",
+            name: self.inner.cfg.name.clone(),
+            vhost: self.inner.cfg.vhost.clone(),
         }
     }
 

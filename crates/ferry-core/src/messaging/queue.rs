@@ -227,6 +227,14 @@ pub(crate) struct StreamInfo {
     pub owns_topic: bool,
 }
 
+/// One message for [`QueueInner::append_all`]: its encoded batch (one
+/// record), what the queue indexes it by, and its body's size.
+pub(crate) struct Entry<'a> {
+    pub batch: &'a [u8],
+    pub meta: &'a Meta,
+    pub body_bytes: u64,
+}
+
 /// How an append went.
 #[derive(Debug)]
 pub(crate) enum Appended {
@@ -440,17 +448,21 @@ impl QueueInner {
         !st.closed && st.consumers.iter().any(|c| c.key == key)
     }
 
-    fn append_stream(&self, batch: &[u8], meta: &Meta) -> Result<Appended, MessagingError> {
+    /// Streams keep every message; one write for all of `entries` (their
+    /// batches concatenated in `records`).
+    fn append_stream(
+        &self,
+        records: &[u8],
+        entries: &[Entry<'_>],
+    ) -> Result<Vec<Appended>, MessagingError> {
         if lock(&self.state).closed {
-            return Ok(Appended::Gone);
+            return Ok(entries.iter().map(|_| Appended::Gone).collect());
         }
-        let info = self.log.append(batch).map_err(storage)?;
-        if meta.persistent {
-            return Ok(Appended::Stored(Some(info)));
-        }
+        let info = self.log.append(records).map_err(storage)?;
         // Under group commit nothing is readable before an fsync: start one
         // for messages nobody waits for (the timer is the fallback).
-        if self.log.config().fsync == FsyncPolicy::Always
+        if entries.iter().any(|e| !e.meta.persistent)
+            && self.log.config().fsync == FsyncPolicy::Always
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let log = self.log.clone();
@@ -460,7 +472,10 @@ impl QueueInner {
                 }
             });
         }
-        Ok(Appended::Stored(None))
+        Ok(entries
+            .iter()
+            .map(|e| Appended::Stored(e.meta.persistent.then_some(info)))
+            .collect())
     }
 
     /// Puts recovered offsets whose visibility deadline is still ahead back
@@ -971,46 +986,91 @@ impl QueueInner {
         body_bytes: u64,
         outbox: &mut Vec<DeadLetter>,
     ) -> Result<Appended, MessagingError> {
+        let entry = Entry {
+            batch,
+            meta,
+            body_bytes,
+        };
+        let mut appended = self.append_all(&[entry], outbox)?;
+        Ok(appended.pop().unwrap_or(Appended::Gone))
+    }
+
+    /// Appends messages in order, with one write to the log for all of them
+    /// (a SendMessageBatch: a write per message was most of its cost), and
+    /// answers for each. Each entry's batch holds exactly one record, so the
+    /// messages take consecutive offsets. Under `x-overflow` reject-publish
+    /// the messages that fit are taken and the rest refused, each message
+    /// counted as ready: exact for one message, for several it may refuse a
+    /// delayed one a little early.
+    pub fn append_all(
+        &self,
+        entries: &[Entry<'_>],
+        outbox: &mut Vec<DeadLetter>,
+    ) -> Result<Vec<Appended>, MessagingError> {
+        let records = if let [one] = entries {
+            std::borrow::Cow::Borrowed(one.batch)
+        } else {
+            std::borrow::Cow::Owned(entries.iter().flat_map(|e| e.batch).copied().collect())
+        };
         if self.is_stream() {
-            return self.append_stream(batch, meta);
+            return self.append_stream(&records, entries);
         }
         let mut st = lock(&self.state);
         if st.closed {
-            return Ok(Appended::Gone);
+            return Ok(entries.iter().map(|_| Appended::Gone).collect());
         }
         let args = &self.cfg.args;
         let overflow = args.overflow();
+        let mut taken = entries.len();
         if overflow != super::Overflow::DropHead {
-            let full = args.max_length.is_some_and(|m| st.ready() >= m)
-                || args
-                    .max_length_bytes
-                    .is_some_and(|m| st.ready_bytes() + body_bytes > m);
-            if full {
-                return Ok(Appended::Refused {
-                    dead_letter: overflow == super::Overflow::RejectPublishDlx
-                        && args.dead_letter_exchange.is_some(),
-                });
-            }
+            let (mut ready, mut ready_bytes) = (st.ready(), st.ready_bytes());
+            taken = entries
+                .iter()
+                .take_while(|e| {
+                    let full = args.max_length.is_some_and(|m| ready >= m)
+                        || args
+                            .max_length_bytes
+                            .is_some_and(|m| ready_bytes + e.body_bytes > m);
+                    ready += 1;
+                    ready_bytes += e.body_bytes;
+                    !full
+                })
+                .count();
         }
-        let info = self.log.append(batch).map_err(storage)?;
-        let offset = u64::try_from(info.base_offset).unwrap_or(0);
-        if offset < st.log_end {
+        let refused = || Appended::Refused {
+            dead_letter: overflow == super::Overflow::RejectPublishDlx
+                && args.dead_letter_exchange.is_some(),
+        };
+        if taken == 0 {
+            return Ok(entries.iter().map(|_| refused()).collect());
+        }
+        let (stored, rest) = entries.split_at(taken);
+        let stored_len: usize = stored.iter().map(|e| e.batch.len()).sum();
+        let info = self.log.append(&records[..stored_len]).map_err(storage)?;
+        let first = u64::try_from(info.base_offset).unwrap_or(0);
+        if first < st.log_end {
             // A failed fsync made the log discard what it had not synced;
             // those offsets are about to be reused.
-            self.forget_from(&mut st, offset);
+            self.forget_from(&mut st, first);
         }
-        st.log_end = u64::try_from(info.last_offset).unwrap_or(offset) + 1;
-        st.unsettled += 1;
-        st.unsettled_bytes += body_bytes;
+        st.log_end = u64::try_from(info.last_offset).unwrap_or(first) + 1;
         let now = self.clock.now_ms();
-        if (meta.ttl_ms.is_some() || self.is_indexed(meta)) && st.flags & FLAG_INDEXED == 0 {
-            st.flags |= FLAG_INDEXED;
-            let flags = st.flags;
-            if let Some(j) = st.journal.as_mut() {
-                j.flags(flags);
+        let mut out = Vec::with_capacity(entries.len());
+        for (offset, e) in (first..).zip(stored) {
+            st.unsettled += 1;
+            st.unsettled_bytes += e.body_bytes;
+            if (e.meta.ttl_ms.is_some() || self.is_indexed(e.meta)) && st.flags & FLAG_INDEXED == 0
+            {
+                st.flags |= FLAG_INDEXED;
+                let flags = st.flags;
+                if let Some(j) = st.journal.as_mut() {
+                    j.flags(flags);
+                }
             }
+            self.index_new(&mut st, offset, e.meta, now, now);
+            let wait = (self.sync_persistent && e.meta.persistent).then_some(info);
+            out.push(Appended::Stored(wait));
         }
-        self.index_new(&mut st, offset, meta, now, now);
         if overflow == super::Overflow::DropHead {
             while args.max_length.is_some_and(|m| st.ready() > m)
                 || args.max_length_bytes.is_some_and(|m| st.ready_bytes() > m)
@@ -1023,8 +1083,8 @@ impl QueueInner {
         }
         self.commit(&mut st);
         self.notify_next(&st);
-        let wait = (self.sync_persistent && meta.persistent).then_some(info);
-        Ok(Appended::Stored(wait))
+        out.extend(rest.iter().map(|_| refused()));
+        Ok(out)
     }
 
     /// Settles dead-lettered messages once they have been republished.

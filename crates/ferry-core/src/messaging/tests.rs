@@ -1585,6 +1585,68 @@ async fn visibility_timeouts_and_delayed_sends_for_sqs() {
 }
 
 #[tokio::test]
+async fn send_all_appends_a_batch_in_one_write_and_refuses_what_does_not_fit() {
+    let env = Env::new();
+    env.declare("sqs", true, vec![]);
+    let q = env.queue("sqs");
+    let batch = ["a", "b", "later", "c"].map(|b| {
+        let delay = (b == "later").then_some(Duration::from_millis(50));
+        (msg("", "sqs", b), delay)
+    });
+    let sent: Vec<Published> = q
+        .send_all(batch.into())
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // One append for the four: each waits for the same write, which holds
+    // four consecutive offsets.
+    let infos: Vec<AppendInfo> = sent.iter().map(|p| p.pending.waits[0].1).collect();
+    assert!(infos.iter().all(|i| *i == infos[0]));
+    assert_eq!(infos[0].last_offset - infos[0].base_offset, 3);
+    for p in sent {
+        p.pending.durable().await.unwrap();
+    }
+    let got: Vec<String> = std::iter::from_fn(|| q.receive(Duration::from_secs(60)).unwrap())
+        .map(|d| body(&d))
+        .collect();
+    assert_eq!(got, ["a", "b", "c"]);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    env.m().run_timers_once();
+    assert_eq!(
+        body(&q.receive(Duration::from_secs(60)).unwrap().unwrap()),
+        "later"
+    );
+
+    // reject-publish-dlx takes what fits and dead-letters the rest.
+    env.declare("dlq", false, vec![]);
+    env.declare(
+        "small",
+        false,
+        dlx_args(vec![
+            arg("x-max-length", FieldValue::Int(2)),
+            arg("x-overflow", s("reject-publish-dlx")),
+        ]),
+    );
+    let results = env
+        .queue("small")
+        .send_all(
+            ["1", "2", "3", "4"]
+                .map(|b| (msg("", "small", b), None))
+                .into(),
+        )
+        .unwrap();
+    let refused: Vec<bool> = results.iter().map(Result::is_err).collect();
+    assert_eq!(refused, [false, false, true, true]);
+    assert_eq!(
+        results[2].as_ref().unwrap_err(),
+        &MessagingError::QueueFull("small".into())
+    );
+    assert_eq!(env.bodies("small"), ["1", "2"]);
+    assert_eq!(env.bodies("dlq"), ["3", "4"]);
+}
+
+#[tokio::test]
 async fn visibility_deadlines_survive_a_crash() {
     let mut env = Env::new();
     env.declare("sqs", true, vec![]);
