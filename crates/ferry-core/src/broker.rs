@@ -99,9 +99,10 @@ struct Meta {
 enum Partition {
     Online(Arc<Log>),
     /// Its log could not be opened when the broker started (a damaged
-    /// sealed segment, a disk error), so it is held offline with its files
-    /// left as they are, as Kafka holds the partitions of a failed log
-    /// directory; the error says why. Only a restart brings it back.
+    /// sealed segment, a disk error), so it is held offline with the
+    /// damaged files left as they are, as Kafka holds the partitions of a
+    /// failed log directory; the error says why. Only a restart brings it
+    /// back.
     Offline(Arc<str>),
 }
 
