@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use ferry_log::{Clock, Log, SystemClock};
+use ferry_log::{Clock, Log, LogError, SystemClock};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -94,23 +94,73 @@ struct Meta {
     cluster_id: String,
 }
 
+/// One partition of a topic.
+#[derive(Debug, Clone)]
+enum Partition {
+    Online(Arc<Log>),
+    /// Its log could not be opened when the broker started (a damaged
+    /// sealed segment, a disk error), so it is held offline with the
+    /// damaged files left as they are, as Kafka holds the partitions of a
+    /// failed log directory; the error says why. Only a restart brings it
+    /// back.
+    Offline(Arc<str>),
+}
+
 /// A topic and its partitions' logs.
 #[derive(Debug)]
 pub struct Topic {
     pub name: String,
     pub id: Uuid,
     configs: RwLock<BTreeMap<String, String>>,
-    partitions: RwLock<Vec<Arc<Log>>>,
+    partitions: RwLock<Vec<Partition>>,
 }
 
 impl Topic {
-    pub fn partition(&self, index: i32) -> Option<Arc<Log>> {
-        let index = usize::try_from(index).ok()?;
-        read_lock(&self.partitions).get(index).cloned()
+    fn new(name: &str, record: &TopicRecord, partitions: Vec<Partition>) -> Topic {
+        Topic {
+            name: name.to_string(),
+            id: record.id,
+            configs: RwLock::new(record.configs.clone()),
+            partitions: RwLock::new(partitions),
+        }
     }
 
-    pub fn partitions(&self) -> Vec<Arc<Log>> {
-        read_lock(&self.partitions).clone()
+    /// The partition's log, or the error a client should see: the
+    /// partition does not exist, or it is offline.
+    pub fn partition(&self, index: i32) -> Result<Arc<Log>, CoreError> {
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| read_lock(&self.partitions).get(i).cloned());
+        match slot {
+            Some(Partition::Online(log)) => Ok(log),
+            Some(Partition::Offline(reason)) => Err(CoreError::PartitionOffline {
+                topic: self.name.clone(),
+                partition: index,
+                reason: reason.to_string(),
+            }),
+            None => Err(CoreError::UnknownPartition {
+                topic: self.name.clone(),
+                partition: index,
+            }),
+        }
+    }
+
+    /// The logs of the partitions that are online, with their indexes.
+    pub fn partitions(&self) -> Vec<(i32, Arc<Log>)> {
+        read_lock(&self.partitions)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                // At most PARTITIONS_PER_TOPIC_MAX partitions.
+                Partition::Online(log) => Some((i as i32, log.clone())),
+                Partition::Offline(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether partition `index` exists, online or not.
+    pub fn has_partition(&self, index: i32) -> bool {
+        usize::try_from(index).is_ok_and(|i| i < self.partition_count())
     }
 
     pub fn partition_count(&self) -> usize {
@@ -231,7 +281,7 @@ impl Broker {
             _lock_file: lock_file,
         };
         for (name, record) in records {
-            let topic = broker.open_topic(&name, &record)?;
+            let topic = broker.reopen_topic(&name, &record)?;
             write_lock(&broker.topics).insert(name, Arc::new(topic));
         }
         broker.sweep_orphans()?;
@@ -280,23 +330,42 @@ impl Broker {
         name: &str,
         index: u32,
         configs: &BTreeMap<String, String>,
-    ) -> Result<Log, CoreError> {
+    ) -> Result<Log, LogError> {
         let dir = self.topic_dir(name).join(index.to_string());
         let log_config = topic_config::log_config(&self.config.topic_defaults, configs);
-        Ok(Log::open(&dir, log_config, self.clock.clone())?)
+        Log::open(&dir, log_config, self.clock.clone())
     }
 
+    /// Opens the logs of a new topic (or of one being validated): any
+    /// failure fails the creation.
     fn open_topic(&self, name: &str, record: &TopicRecord) -> Result<Topic, CoreError> {
         validate_topic_name(name)?;
         let partitions = (0..record.partitions)
-            .map(|p| self.open_partition(name, p, &record.configs).map(Arc::new))
+            .map(|p| {
+                self.open_partition(name, p, &record.configs)
+                    .map(|log| Partition::Online(Arc::new(log)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Topic {
-            name: name.to_string(),
-            id: record.id,
-            configs: RwLock::new(record.configs.clone()),
-            partitions: RwLock::new(partitions),
-        })
+        Ok(Topic::new(name, record, partitions))
+    }
+
+    /// Opens the logs of a topic the catalog holds, at start. A partition
+    /// whose log cannot be opened is held offline rather than failing the
+    /// broker's start: one damaged segment must not take every other topic
+    /// and queue down with it. Its files are left for the operator, whom
+    /// the error log line tells what can be done.
+    fn reopen_topic(&self, name: &str, record: &TopicRecord) -> Result<Topic, CoreError> {
+        validate_topic_name(name)?;
+        let partitions = (0..record.partitions)
+            .map(|p| match self.open_partition(name, p, &record.configs) {
+                Ok(log) => Partition::Online(Arc::new(log)),
+                Err(e) => {
+                    report_offline_partition(name, p, &e);
+                    Partition::Offline(e.to_string().into())
+                }
+            })
+            .collect();
+        Ok(Topic::new(name, record, partitions))
     }
 
     /// Topic directories the catalog does not know (left by a crash between
@@ -399,14 +468,9 @@ impl Broker {
 
     /// A partition's log, or the error a client should see.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Log>, CoreError> {
-        let t = self
-            .topic(topic)
-            .ok_or_else(|| CoreError::UnknownTopic(topic.to_string()))?;
-        t.partition(partition)
-            .ok_or_else(|| CoreError::UnknownPartition {
-                topic: topic.to_string(),
-                partition,
-            })
+        self.topic(topic)
+            .ok_or_else(|| CoreError::UnknownTopic(topic.to_string()))?
+            .partition(partition)
     }
 
     /// Returns the topic, creating it with the default partition count if
@@ -468,12 +532,7 @@ impl Broker {
             configs: configs.clone(),
         };
         if validate_only {
-            return Ok(Arc::new(Topic {
-                name: name.to_string(),
-                id: record.id,
-                configs: RwLock::new(record.configs),
-                partitions: RwLock::new(Vec::new()),
-            }));
+            return Ok(Arc::new(Topic::new(name, &record, Vec::new())));
         }
         // Logs first, journal second: a crash in between leaves a directory the
         // catalog does not know, which the next start moves to the trash.
@@ -548,7 +607,10 @@ impl Broker {
         }
         let configs = topic.configs();
         let new_logs = (current..total)
-            .map(|p| self.open_partition(name, p, &configs).map(Arc::new))
+            .map(|p| {
+                self.open_partition(name, p, &configs)
+                    .map(|log| Partition::Online(Arc::new(log)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         catalog.append(&CatalogEvent::PartitionsAdded {
             name: name.to_string(),
@@ -602,7 +664,8 @@ impl Broker {
             configs: configs.clone(),
         })?;
         let log_config = topic_config::log_config(&self.config.topic_defaults, &configs);
-        for log in topic.partitions() {
+        // An offline partition gets the new configs when it is opened again.
+        for (_, log) in topic.partitions() {
             log.set_config(log_config.clone());
         }
         *write_lock(&topic.configs) = configs;
@@ -620,13 +683,13 @@ impl Broker {
         ))
     }
 
-    fn all_logs(&self) -> Vec<(String, usize, Arc<Log>)> {
+    /// The logs of every online partition.
+    fn all_logs(&self) -> Vec<(String, i32, Arc<Log>)> {
         self.topics()
             .into_iter()
             .flat_map(|t| {
                 t.partitions()
                     .into_iter()
-                    .enumerate()
                     .map(move |(i, l)| (t.name.clone(), i, l))
             })
             .collect()
@@ -692,6 +755,39 @@ impl Broker {
                 tracing::warn!(topic, partition, error = %e, "could not close log cleanly");
             }
         }
+    }
+}
+
+/// The error log line of a partition held offline at start: what is wrong,
+/// where, and what an operator can do about it.
+fn report_offline_partition(topic: &str, partition: u32, error: &LogError) {
+    match error {
+        LogError::CorruptSegment {
+            path,
+            position,
+            reason,
+        } => tracing::error!(
+            topic,
+            partition,
+            file = %path.display(),
+            position,
+            reason = %reason,
+            "partition held offline: a sealed segment of its log is damaged at this byte \
+             position, so the log cannot be opened; the partition's requests are refused \
+             (Kafka: KAFKA_STORAGE_ERROR) and its files are left as they are. To bring it \
+             back: stop the broker, keep a copy of the file, then either cut the file at \
+             that position (`truncate -s POSITION FILE`: the segment's records from there \
+             on are lost) or move it and its .index and .timeindex files out of the \
+             directory (all of the segment's records are lost), and start the broker again"
+        ),
+        other => tracing::error!(
+            topic,
+            partition,
+            error = %other,
+            "partition held offline: its log cannot be opened; the partition's requests \
+             are refused (Kafka: KAFKA_STORAGE_ERROR) and its files are left as they are. \
+             To bring it back, fix what the error names and start the broker again"
+        ),
     }
 }
 

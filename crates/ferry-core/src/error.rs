@@ -15,6 +15,16 @@ pub enum CoreError {
     UnknownTopicId(Uuid),
     #[error("topic '{topic}' has no partition {partition}")]
     UnknownPartition { topic: String, partition: i32 },
+    /// The partition's log could not be opened when the broker started; it
+    /// stays offline until a restart opens it (`reason` is the open error).
+    #[error(
+        "partition {partition} of topic '{topic}' is offline: its log could not be opened when the broker started ({reason})"
+    )]
+    PartitionOffline {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
     #[error("invalid topic name '{name}': {reason}")]
     InvalidTopicName { name: String, reason: String },
     #[error("{0}")]

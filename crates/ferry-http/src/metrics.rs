@@ -111,10 +111,10 @@ pub fn render(admin: &Admin) -> std::result::Result<String, std::fmt::Error> {
         "Bytes of a topic partition's segments on disk",
     );
     for topic in broker.topics() {
-        for (i, log) in topic.partitions().iter().enumerate() {
+        for (partition, log) in topic.partitions() {
             let labels = PartitionLabels {
                 topic: topic.name.clone(),
-                partition: i32::try_from(i).unwrap_or(i32::MAX),
+                partition,
             };
             start.get_or_create(&labels).set(log.log_start_offset());
             hw.get_or_create(&labels).set(log.high_watermark());

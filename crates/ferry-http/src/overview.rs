@@ -18,7 +18,11 @@ pub async fn get(State(admin): State<Arc<Admin>>) -> Result<Response> {
         .map(|l| json!({"protocol": l.protocol, "address": l.address.to_string()}))
         .collect();
     let topics = broker.topics();
-    let logs: Vec<_> = topics.iter().flat_map(|t| t.partitions()).collect();
+    let logs: Vec<_> = topics
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|(_, log)| log)
+        .collect();
     let messaging = broker.messaging();
     let queues: Vec<_> = messaging
         .vhosts()

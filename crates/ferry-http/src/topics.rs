@@ -25,12 +25,11 @@ fn topic_or_404(broker: &Broker, name: &str) -> Result<Arc<Topic>> {
         .ok_or_else(|| ApiError::not_found(format!("topic '{name}' does not exist")))
 }
 
-/// Per-partition offsets and sizes.
+/// Per-partition offsets and sizes, of the partitions that are online.
 pub fn partitions_json(topic: &Topic) -> Vec<Value> {
     topic
         .partitions()
         .iter()
-        .enumerate()
         .map(|(i, log)| {
             json!({
                 "partition": i,
@@ -47,14 +46,14 @@ fn summary(topic: &Topic) -> Value {
     let logs = topic.partitions();
     let records: i64 = logs
         .iter()
-        .map(|l| (l.high_watermark() - l.log_start_offset()).max(0))
+        .map(|(_, l)| (l.high_watermark() - l.log_start_offset()).max(0))
         .sum();
     json!({
         "name": topic.name,
         "id": topic.id.to_string(),
-        "partition_count": logs.len(),
+        "partition_count": topic.partition_count(),
         "records": records,
-        "size_bytes": logs.iter().map(|l| l.size_bytes()).sum::<u64>(),
+        "size_bytes": logs.iter().map(|(_, l)| l.size_bytes()).sum::<u64>(),
     })
 }
 

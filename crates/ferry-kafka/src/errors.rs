@@ -20,7 +20,10 @@ pub(crate) fn kafka_error(e: &CoreError) -> ResponseError {
         CoreError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
         CoreError::Log(log) => log_error(log),
-        CoreError::Catalog { .. } | CoreError::DataDirLocked(_) => ResponseError::KafkaStorageError,
+        // What Kafka answers for a partition of a failed log directory.
+        CoreError::PartitionOffline { .. }
+        | CoreError::Catalog { .. }
+        | CoreError::DataDirLocked(_) => ResponseError::KafkaStorageError,
         // Kafka's answer when its block of producer ids is not available
         // (yet): clients retry InitProducerId.
         CoreError::ProducerIds { .. } => ResponseError::CoordinatorLoadInProgress,

@@ -56,16 +56,22 @@ impl OffsetIndex {
         });
     }
 
-    /// The position of the last indexed batch starting at or before
-    /// `relative_offset` (0 if none is): the batch holding that offset starts
-    /// there or later, so a reader walks forward from it.
-    pub fn lookup(&self, relative_offset: u32) -> u32 {
+    /// The last indexed batch starting at or before `relative_offset`, or
+    /// the segment's first batch (offset 0 at position 0) if none is: the
+    /// batch holding that offset starts there or later, so a reader walks
+    /// forward from it. The entry's offset is returned with its position
+    /// because a reader checks each batch's stored base offset against the
+    /// offset it expects there.
+    pub fn lookup(&self, relative_offset: u32) -> OffsetEntry {
         let after = self
             .entries
             .partition_point(|e| e.relative_offset <= relative_offset);
         match after {
-            0 => 0,
-            n => self.entries[n - 1].position,
+            0 => OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            },
+            n => self.entries[n - 1],
         }
     }
 
@@ -231,15 +237,19 @@ mod tests {
     #[test]
     fn offset_lookup_finds_the_entry_at_or_before() {
         let mut ix = OffsetIndex::default();
-        assert_eq!(ix.lookup(5), 0);
+        let entry = |relative_offset, position| OffsetEntry {
+            relative_offset,
+            position,
+        };
+        assert_eq!(ix.lookup(5), entry(0, 0));
         ix.push(10, 100);
         ix.push(20, 250);
-        assert_eq!(ix.lookup(0), 0);
-        assert_eq!(ix.lookup(9), 0);
-        assert_eq!(ix.lookup(10), 100);
-        assert_eq!(ix.lookup(19), 100);
-        assert_eq!(ix.lookup(20), 250);
-        assert_eq!(ix.lookup(u32::MAX), 250);
+        assert_eq!(ix.lookup(0), entry(0, 0));
+        assert_eq!(ix.lookup(9), entry(0, 0));
+        assert_eq!(ix.lookup(10), entry(10, 100));
+        assert_eq!(ix.lookup(19), entry(10, 100));
+        assert_eq!(ix.lookup(20), entry(20, 250));
+        assert_eq!(ix.lookup(u32::MAX), entry(20, 250));
     }
 
     #[test]

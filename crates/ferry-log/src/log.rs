@@ -172,6 +172,12 @@ struct ReadRange {
     path: PathBuf,
     /// A batch boundary at or before the first batch wanted.
     from: u64,
+    /// The offset the batch at `from` must have: its index entry's, or the
+    /// segment's base offset. Offsets are contiguous within a segment (they
+    /// are assigned in order and nothing compacts a log), so every later
+    /// batch must start where the one before it ended; the CRC does not
+    /// cover the stored base offset, so that is how its damage is found.
+    from_offset: i64,
     /// The readable end of the segment (a batch boundary).
     end: u64,
 }
@@ -806,15 +812,16 @@ impl Log {
                     return Ok(None);
                 };
                 let end = inner.readable_end(seg);
-                let from = seg
+                let indexed = seg
                     .time_index
                     .lookup(timestamp)
-                    .map_or(0, |rel| u64::from(seg.offset_index.lookup(rel)))
-                    .min(end);
+                    .map_or(seg.base_offset, |rel| seg.base_offset + i64::from(rel));
+                let (from, from_offset) = seg.walk_start(indexed);
                 let range = ReadRange {
                     file: Arc::clone(&seg.file),
                     path: seg.path.clone(),
-                    from,
+                    from: from.min(end),
+                    from_offset,
                     end,
                 };
                 (range, inner.generation)
@@ -1252,20 +1259,20 @@ impl Log {
         }
         let first = inner.segment_for(offset);
         let mut planned_bytes = 0u64;
-        for (k, seg) in inner.segments[first..].iter().enumerate() {
+        for seg in &inner.segments[first..] {
             if seg.base_offset > inner.high_watermark.segment_base {
                 break;
             }
             let end = inner.readable_end(seg);
-            let from = if k == 0 {
-                u64::from(seg.offset_index.lookup(seg.relative(offset))).min(end)
-            } else {
-                0
-            };
+            // A segment after the first starts above `offset`: the walk
+            // starts at its first batch.
+            let (from, from_offset) = seg.walk_start(offset);
+            let from = from.min(end);
             plan.ranges.push(ReadRange {
                 file: Arc::clone(&seg.file),
                 path: seg.path.clone(),
                 from,
+                from_offset,
                 end,
             });
             planned_bytes += end - from;
@@ -1352,22 +1359,7 @@ fn replay_producer_batches(
 ) -> Result<u64, LogError> {
     let mut replayed = 0u64;
     for seg in segments.iter().filter(|s| s.next_offset > from) {
-        let (start, first_offset) = if seg.base_offset >= from {
-            (0, seg.base_offset)
-        } else {
-            let relative = seg.relative(from);
-            seg.offset_index
-                .entries()
-                .iter()
-                .rev()
-                .find(|e| e.relative_offset <= relative)
-                .map_or((0, seg.base_offset), |e| {
-                    (
-                        u64::from(e.position),
-                        seg.base_offset + i64::from(e.relative_offset),
-                    )
-                })
-        };
+        let (start, first_offset) = seg.walk_start(from);
         let end = segment::walk_batches(
             &seg.file,
             start,
@@ -1475,19 +1467,36 @@ fn walk_header(
     )
 }
 
-/// A batch a read is about to return: where it is stored, and its header.
+/// A batch a read is about to return: where it is stored, the offset it
+/// must start at, and its header.
 struct ServedBatch {
     range: usize,
     position: u64,
+    base_offset: i64,
     header: segment::WalkHeader,
+}
+
+/// The offset after a batch that starts at `base_offset`.
+fn offset_after(base_offset: i64, header: &segment::WalkHeader) -> i64 {
+    base_offset + i64::from(header.last_offset_delta) + 1
+}
+
+/// Why a batch whose stored base offset is not `expected` is refused.
+fn misplaced(stored: i64, expected: i64) -> String {
+    format!(
+        "the batch stores base offset {stored} where its place in the segment gives \
+         {expected}: its first bytes, which the CRC does not cover, are damaged"
+    )
 }
 
 /// Copies whole batches from the planned ranges, without the log's lock:
 /// skips the batches before `offset`, then takes batches while they fit in
 /// `max_bytes` (the first one regardless if `min_one_batch`). Each range is
 /// read in windows (`ReadWindow`) that serve both the walk over batch
-/// headers and the copy. Every batch taken has its CRC checked
-/// (`verify_crcs`) before it is returned.
+/// headers and the copy. The walk goes by the offsets each batch must have
+/// (from `ReadRange::from_offset` on), not by stored base offsets, which
+/// damage could set anywhere. Every batch taken is checked
+/// (`verify_batches`) before it is returned.
 fn copy_batches(
     plan: &ReadPlan,
     offset: i64,
@@ -1505,6 +1514,7 @@ fn copy_batches(
         windows.push(None);
         let window = &mut windows[i];
         let mut pos = range.from;
+        let mut expected = range.from_offset;
         if !found {
             loop {
                 if pos >= range.end {
@@ -1516,10 +1526,12 @@ fn copy_batches(
                     pos,
                     max_bytes.saturating_add(READ_WINDOW_SLACK_BYTES),
                 )?;
-                if batch.last_offset >= offset {
+                let next = offset_after(expected, &batch);
+                if next > offset {
                     break;
                 }
                 pos += batch.len;
+                expected = next;
             }
             found = true;
         }
@@ -1535,10 +1547,12 @@ fn copy_batches(
             served.push(ServedBatch {
                 range: i,
                 position: pos,
+                base_offset: expected,
                 header: batch,
             });
             total += batch.len;
             pos += batch.len;
+            expected = offset_after(expected, &batch);
         }
         if pos > start {
             pieces.push((i, start, pos - start));
@@ -1551,7 +1565,7 @@ fn copy_batches(
     if let [(i, start, len)] = pieces[..]
         && let Some(w) = windows[i].as_ref().filter(|w| w.covers(start, len))
     {
-        return verify_crcs(w.slice(start, len), &served, plan);
+        return verify_batches(w.slice(start, len), &served, plan);
     }
     // `total` is at most `max_bytes` (a usize) or one stored batch.
     let mut buf = vec![0u8; total as usize];
@@ -1568,31 +1582,44 @@ fn copy_batches(
         }
         at += n;
     }
-    verify_crcs(Bytes::from(buf), &served, plan)
+    verify_batches(Bytes::from(buf), &served, plan)
 }
 
-/// Checks the CRC-32C of each batch in `records` (the `served` batches, in
-/// order) before any of it reaches a client: a sealed segment, and the last
-/// one after a clean shutdown, are opened without a scan, so bits that
-/// flipped at rest are caught here. Returns the batches before the first
-/// that fails; if that is the first batch, the failure, so that a read from
+/// Checks each batch in `records` (the `served` batches, in order) before
+/// any of it reaches a client: its stored base offset is the one its place
+/// gives it, its magic byte is 2 and its CRC-32C matches. A sealed segment,
+/// and the last one after a clean shutdown, are opened without a scan, so
+/// bits that flipped at rest are caught here. Returns the batches before the
+/// first that fails; if that is the first batch, the failure (with the
+/// offsets the batch holds, whatever its header says), so that a read from
 /// any other offset still gets the intact batches around it.
-fn verify_crcs(records: Bytes, served: &[ServedBatch], plan: &ReadPlan) -> Result<Bytes, LogError> {
+fn verify_batches(
+    records: Bytes,
+    served: &[ServedBatch],
+    plan: &ReadPlan,
+) -> Result<Bytes, LogError> {
     let mut at = 0usize;
     for b in served {
         let end = at + b.header.len as usize;
         let bytes = &records[at..end];
-        let intact = batch::BatchHeader::parse(bytes).and_then(|h| batch::check_crc(&h, bytes));
-        if let Err(e) = intact {
+        let damage = if b.header.base_offset == b.base_offset {
+            batch::BatchHeader::parse(bytes)
+                .and_then(|h| batch::check_crc(&h, bytes))
+                .err()
+                .map(|e| e.to_string())
+        } else {
+            Some(misplaced(b.header.base_offset, b.base_offset))
+        };
+        if let Some(reason) = damage {
             if at > 0 {
                 return Ok(records.slice(..at));
             }
             return Err(LogError::CorruptBatch {
                 path: plan.ranges[b.range].path.clone(),
                 position: b.position,
-                base_offset: b.header.base_offset,
-                last_offset: b.header.last_offset,
-                reason: e.to_string(),
+                base_offset: b.base_offset,
+                last_offset: offset_after(b.base_offset, &b.header) - 1,
+                reason,
             });
         }
         at = end;
@@ -1608,10 +1635,21 @@ fn find_by_timestamp(
     timestamp: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
     let mut pos = range.from;
+    let mut expected = range.from_offset;
     while pos < range.end {
         let header = segment::read_header(&range.file, &range.path, pos, range.end)?;
         let len = header.total_len() as u64;
         if header.max_timestamp >= timestamp {
+            // The answer is an offset taken from this batch's header.
+            if header.base_offset != expected {
+                return Err(LogError::CorruptBatch {
+                    path: range.path.clone(),
+                    position: pos,
+                    base_offset: expected,
+                    last_offset: expected + i64::from(header.last_offset_delta),
+                    reason: misplaced(header.base_offset, expected),
+                });
+            }
             if header.is_log_append_time() {
                 // Log-append time gives every record the batch's timestamp.
                 return Ok(Some(TimestampOffset {
@@ -1640,6 +1678,7 @@ fn find_by_timestamp(
             // The header's max timestamp overstated its records; look on.
         }
         pos += len;
+        expected += i64::from(header.last_offset_delta) + 1;
     }
     Ok(None)
 }

@@ -150,11 +150,13 @@ pub(crate) enum WalkEnd {
     Invalid { position: u64, reason: String },
 }
 
-/// The fields a reader needs to step over a batch.
+/// The fields a reader needs to step over a batch. `base_offset` is as
+/// stored: the CRC does not cover it, so a reader compares it with the
+/// offset it expects there before trusting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WalkHeader {
     pub base_offset: i64,
-    pub last_offset: i64,
+    pub last_offset_delta: i32,
     pub len: u64,
 }
 
@@ -230,6 +232,17 @@ impl Segment {
     /// keep real offsets within `u32`, and a saturated value still sorts last.
     pub fn relative(&self, offset: i64) -> u32 {
         u32::try_from(offset.saturating_sub(self.base_offset).max(0)).unwrap_or(u32::MAX)
+    }
+
+    /// Where a walk to the batch holding `offset` starts: the position and
+    /// offset of the last indexed batch at or before it, or of the
+    /// segment's first batch (also for an offset below the segment).
+    pub fn walk_start(&self, offset: i64) -> (u64, i64) {
+        let entry = self.offset_index.lookup(self.relative(offset));
+        (
+            u64::from(entry.position),
+            self.base_offset + i64::from(entry.relative_offset),
+        )
     }
 
     pub fn mark(&self) -> Mark {
@@ -912,9 +925,6 @@ pub(crate) fn parse_walk_header(
             "batch length {batch_length} / lastOffsetDelta {last_offset_delta} are invalid"
         )));
     }
-    let Some(last_offset) = base_offset.checked_add(i64::from(last_offset_delta)) else {
-        return Err(corrupt(format!("base offset {base_offset} is invalid")));
-    };
     let len = batch_length as u64 + LOG_OVERHEAD_BYTES as u64;
     if len > end - pos {
         return Err(corrupt(format!(
@@ -924,7 +934,7 @@ pub(crate) fn parse_walk_header(
     }
     Ok(WalkHeader {
         base_offset,
-        last_offset,
+        last_offset_delta,
         len,
     })
 }

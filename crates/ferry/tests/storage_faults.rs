@@ -1,21 +1,44 @@
 //! Storage faults under the real server: a bit flipped at rest in a sealed
 //! segment of a stopped server is never served after a restart; Fetch
 //! answers that batch's offsets with CORRUPT_MESSAGE, logs where it is, and
-//! serves the rest of the partition.
+//! serves the rest of the partition. A sealed segment whose batches cannot
+//! be walked holds its partition offline without stopping the server.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::api;
-use common::{Server, decode_batches, encode_batch, now_ms, record};
+use common::{Client, Server, decode_batches, encode_batch, now_ms, record, strip_ansi};
 use kafka_protocol::ResponseError;
 use kafka_protocol::records::Compression;
 
 const BATCHES: i64 = 30;
 const RECORDS_PER_BATCH: i64 = 5;
+
+/// The value of the record at `offset`.
+fn value(offset: i64) -> String {
+    format!("value-{offset:04}-{}", "x".repeat(100))
+}
+
+/// Creates `topic` with segments of about four batches, so that most of it
+/// is sealed, and produces `BATCHES` batches of `RECORDS_PER_BATCH` records.
+fn fill(client: &mut Client, topic: &str) {
+    assert_eq!(
+        api::create_topic(client, topic, 1, &[("segment.bytes", "1024")]),
+        0
+    );
+    for b in 0..BATCHES {
+        let records: Vec<_> = (0..RECORDS_PER_BATCH)
+            .map(|i| record(None, &value(b * RECORDS_PER_BATCH + i), now_ms()))
+            .collect();
+        let (err, base) = api::produce(client, topic, 0, encode_batch(&records, Compression::None));
+        assert_eq!((err, base), (0, b * RECORDS_PER_BATCH));
+    }
+}
 
 /// The segment files of partition 0 of `topic`, oldest first.
 fn segments(data_dir: &Path, topic: &str) -> Vec<PathBuf> {
@@ -53,24 +76,7 @@ fn a_bit_flipped_in_a_sealed_segment_is_never_fetched() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
     let mut client = server.client();
-    // Segments of about four batches: most of the partition is sealed.
-    assert_eq!(
-        api::create_topic(&mut client, "faults", 1, &[("segment.bytes", "1024")]),
-        0
-    );
-    let value = |offset: i64| format!("value-{offset:04}-{}", "x".repeat(100));
-    for b in 0..BATCHES {
-        let records: Vec<_> = (0..RECORDS_PER_BATCH)
-            .map(|i| record(None, &value(b * RECORDS_PER_BATCH + i), now_ms()))
-            .collect();
-        let (err, base) = api::produce(
-            &mut client,
-            "faults",
-            0,
-            encode_batch(&records, Compression::None),
-        );
-        assert_eq!((err, base), (0, b * RECORDS_PER_BATCH));
-    }
+    fill(&mut client, "faults");
     drop(client);
     assert!(server.terminate().success());
 
@@ -136,4 +142,134 @@ fn a_bit_flipped_in_a_sealed_segment_is_never_fetched() {
     );
     assert_eq!((err, base), (0, end));
     assert!(server.is_running());
+}
+
+/// Every file of a directory, by name, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_sealed_segment_that_cannot_be_walked_holds_its_partition_offline_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut client = server.client();
+    fill(&mut client, "damaged");
+    fill(&mut client, "healthy");
+    drop(client);
+    assert!(server.terminate().success());
+
+    // The second batch of the second segment claims 2^31 - 1 bytes, and the
+    // segment's offset index is gone: opening the log has to walk the
+    // batches to rebuild it, and cannot get past that one.
+    let files = segments(dir.path(), "damaged");
+    let sealed = &files[1];
+    let mut bytes = std::fs::read(sealed).unwrap();
+    let (position, _, _) = batch_starts(&bytes)[1];
+    bytes[position + 8..position + 12].copy_from_slice(&i32::MAX.to_be_bytes());
+    std::fs::write(sealed, &bytes).unwrap();
+    std::fs::remove_file(sealed.with_extension("index")).unwrap();
+    let partition_dir = dir.path().join("topics").join("damaged").join("0");
+    let before = snapshot(&partition_dir);
+
+    let mut server = Server::start(dir.path(), &[]);
+    let mut client = server.client();
+
+    // Every other partition serves as usual.
+    let healthy = api::read_all(&mut client, "healthy", 0, 0);
+    let offsets: Vec<i64> = healthy.iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..BATCHES * RECORDS_PER_BATCH).collect::<Vec<_>>()
+    );
+    let after = encode_batch(&[record(None, "after", now_ms())], Compression::None);
+    assert_eq!(
+        api::produce(&mut client, "healthy", 0, after.clone()),
+        (0, BATCHES * RECORDS_PER_BATCH)
+    );
+
+    // The damaged partition answers as Kafka answers for a partition of a
+    // failed log directory.
+    let storage_error = ResponseError::KafkaStorageError.code();
+    assert_eq!(
+        api::produce(&mut client, "damaged", 0, after.clone()).0,
+        storage_error
+    );
+    assert_eq!(
+        api::fetch(&mut client, "damaged", 0, 0, 1 << 20, 0).0,
+        storage_error
+    );
+    let metadata = api::metadata(&mut client, Some(&["damaged", "healthy"]));
+    for topic in &metadata.topics {
+        let name = topic.name.as_ref().unwrap().0.to_string();
+        let p = &topic.partitions[0];
+        if name == "damaged" {
+            assert_eq!(p.error_code, ResponseError::LeaderNotAvailable.code());
+            assert_eq!(p.leader_id.0, -1);
+            assert_eq!(p.offline_replicas.len(), 1);
+        } else {
+            assert_eq!((p.error_code, p.offline_replicas.len()), (0, 0));
+        }
+    }
+
+    // One error line names the partition, the file and the byte, and says
+    // what to do.
+    server.wait_for_log("partition held offline");
+    let log = server.log_text();
+    let line = strip_ansi(
+        log.lines()
+            .find(|l| l.contains("partition held offline"))
+            .unwrap(),
+    );
+    let segment_name = sealed.file_name().unwrap().to_string_lossy();
+    for needle in [
+        "damaged",
+        "partition=0",
+        &segment_name,
+        &format!("position={position}"),
+        "truncate -s POSITION FILE",
+    ] {
+        assert!(line.contains(needle), "no {needle} in: {line}");
+    }
+    assert!(server.is_running());
+    drop(client);
+    assert!(server.terminate().success());
+    // Nothing of the damaged partition was rewritten, cut or rebuilt.
+    assert_eq!(snapshot(&partition_dir), before);
+
+    // What the log line advises brings the partition back: the segment cut
+    // at the damaged batch, its records before that are served, the later
+    // segments' too, and it takes records again.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(sealed)
+        .unwrap();
+    file.set_len(position as u64).unwrap();
+    drop(file);
+    let server = Server::start(dir.path(), &[]);
+    let mut client = server.client();
+    let lost_from = batch_starts(&bytes)[1].1;
+    let lost_to = segments(dir.path(), "damaged")
+        .get(2)
+        .map(|f| batch_starts(&std::fs::read(f).unwrap())[0].1)
+        .unwrap();
+    let served: Vec<i64> = api::read_all(&mut client, "damaged", 0, 0)
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    let expected: Vec<i64> = (0..BATCHES * RECORDS_PER_BATCH)
+        .filter(|o| !(lost_from..lost_to).contains(o))
+        .collect();
+    assert_eq!(served, expected);
+    assert_eq!(
+        api::produce(&mut client, "damaged", 0, after),
+        (0, BATCHES * RECORDS_PER_BATCH)
+    );
 }

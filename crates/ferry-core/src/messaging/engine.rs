@@ -92,13 +92,38 @@ pub(crate) struct ExchangeState {
     pub store: Option<Arc<QueueInner>>,
 }
 
+/// A durable queue that could not be opened when the broker started (a
+/// damaged segment of its log, a disk error). It keeps its name, catalog record and
+/// directory, untouched, but nothing can use it until a restart opens it:
+/// declaring, consuming from, binding or deleting it is refused with the
+/// open error, and messages routed to it are not delivered to it.
+#[derive(Debug)]
+pub(crate) struct UnavailableQueue {
+    pub id: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Topology {
     pub exchanges: HashMap<String, ExchangeState>,
     pub queues: HashMap<String, Arc<Queue>>,
+    pub unavailable: HashMap<String, UnavailableQueue>,
 }
 
 impl Topology {
+    /// The error a use of queue `name`, which is not open, gets: the
+    /// queue is unavailable, or there is none.
+    fn missing_queue(&self, name: &str, vhost: &str) -> MessagingError {
+        match self.unavailable.get(name) {
+            Some(q) => MessagingError::Storage(format!(
+                "{} is unavailable: it could not be opened when the broker started ({})",
+                rs("queue", name, vhost),
+                q.reason
+            )),
+            None => not_found("queue", name, vhost),
+        }
+    }
+
     /// Bindings of every exchange. Counted when a binding is added rather
     /// than kept as a total, which every path that drops bindings (unbind,
     /// queue and exchange deletion, auto-delete) would have to maintain.
@@ -351,14 +376,43 @@ impl Shared {
                 arguments,
                 args,
             );
-            let inner = if cfg.args.queue_type() == QueueType::Stream {
+            let opened = if cfg.args.queue_type() == QueueType::Stream {
                 let owned = Some(q.topic.is_some());
-                let (log, info) = self.stream_log(&vhost, &name, &q.id, &cfg.args, true, owned)?;
-                QueueInner::open_stream(cfg, log, info, self.me.clone(), self.clock.clone())
+                self.stream_log(&vhost, &name, &q.id, &cfg.args, true, owned)
+                    .map(|(log, info)| {
+                        QueueInner::open_stream(cfg, log, info, self.me.clone(), self.clock.clone())
+                    })
             } else {
-                QueueInner::open(cfg, self.me.clone(), self.clock.clone())?
+                QueueInner::open(cfg, self.me.clone(), self.clock.clone())
             };
-            v.write().queues.insert(name, Arc::new(Queue { inner }));
+            match opened {
+                Ok(inner) => {
+                    v.write().queues.insert(name, Arc::new(Queue { inner }));
+                }
+                // One queue that cannot be opened must not stop the
+                // broker's start, nor be replaced by an empty queue of the
+                // same name: it is held unavailable, its files kept.
+                Err(e) => {
+                    tracing::error!(
+                        vhost,
+                        queue = name,
+                        dir = %self.data_dir.join("queues").join(&q.id).display(),
+                        error = %e,
+                        "queue held unavailable: it cannot be opened, so every use of it is \
+                         refused and its files are left as they are. To bring it back: stop the \
+                         broker, fix what the error names (for a damaged segment: keep a copy of \
+                         it, then cut it at the byte position named, `truncate -s POSITION FILE`, \
+                         losing its messages from there on), and start the broker again"
+                    );
+                    v.write().unavailable.insert(
+                        name,
+                        UnavailableQueue {
+                            id: q.id.clone(),
+                            reason: e.to_string(),
+                        },
+                    );
+                }
+            }
         }
         for b in records.bindings {
             let v = self.add_vhost(&b.vhost);
@@ -386,6 +440,7 @@ impl Shared {
         for v in read(&self.vhosts).values() {
             let topo = v.read();
             known.extend(topo.queues.values().map(|q| q.inner.cfg.id.clone()));
+            known.extend(topo.unavailable.values().map(|q| q.id.clone()));
             known.extend(
                 topo.exchanges
                     .values()
@@ -710,6 +765,11 @@ impl Shared {
         }
         let mut catalog = self.catalog();
         let mut topo = v.write();
+        // A new queue in its place would take over its catalog record, and
+        // the next start would throw its files away.
+        if topo.unavailable.contains_key(&spec.name) {
+            return Err(topo.missing_queue(&spec.name, vhost));
+        }
         if let Some(q) = topo.queues.get(&spec.name) {
             let cfg = &q.inner.cfg;
             if cfg.exclusive_owner.is_some_and(|o| o != connection) {
@@ -875,13 +935,14 @@ impl Shared {
                             "stream queue reads only partition 0 of its topic"
                         );
                     }
-                    if let Some(log) = topic.partition(0) {
-                        let info = StreamInfo {
-                            topic: Some(name.to_string()),
-                            owns_topic: owned.unwrap_or(created),
-                        };
-                        return Ok((log, info));
-                    }
+                    // An offline partition is an error, not a reason to
+                    // give the queue a log of its own beside the topic's.
+                    let log = topic.partition(0).map_err(storage)?;
+                    let info = StreamInfo {
+                        topic: Some(name.to_string()),
+                        owns_topic: owned.unwrap_or(created),
+                    };
+                    return Ok((log, info));
                 }
                 Err(e) => {
                     tracing::warn!(queue = name, error = %e, "stream queue cannot use a topic; it gets a log of its own");
@@ -917,7 +978,7 @@ impl Shared {
         let q = topo
             .queues
             .get(name)
-            .ok_or_else(|| not_found("queue", name, vhost))?;
+            .ok_or_else(|| topo.missing_queue(name, vhost))?;
         if q.inner.cfg.exclusive_owner.is_some_and(|o| o != connection) {
             return Err(locked(name, vhost));
         }
@@ -935,6 +996,9 @@ impl Shared {
         let v = self.vhost(vhost)?;
         let mut catalog = self.catalog();
         let mut topo = v.write();
+        if topo.unavailable.contains_key(name) {
+            return Err(topo.missing_queue(name, vhost));
+        }
         let Some(q) = topo.queues.get(name) else {
             // RabbitMQ answers delete-ok (0 messages) for a queue that is not there.
             return Ok(0);
@@ -1073,7 +1137,7 @@ impl Shared {
         let dest_durable = match &binding.dest {
             Dest::Queue(q) => {
                 let Some(queue) = topo.queues.get(q) else {
-                    return Err(not_found("queue", q, vhost));
+                    return Err(topo.missing_queue(q, vhost));
                 };
                 if let Some(c) = connection
                     && queue.inner.cfg.exclusive_owner.is_some_and(|o| o != c)

@@ -1885,3 +1885,78 @@ async fn a_message_corrupted_at_rest_is_skipped_not_delivered() {
         assert_eq!(got, ["body-0", "body-1", "body-3", "body-4"], "{args:?}");
     }
 }
+
+/// Every file of a directory, by name, with its bytes.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// A durable queue whose log cannot be opened (a sealed segment whose first
+/// batch claims 2^31 - 1 bytes, its offset index gone, so the open has to
+/// walk it) does not stop the broker's start: the queue is held
+/// unavailable, every use of its name is refused with the open error, its
+/// files are kept as they are (not swept as an orphan, restart after
+/// restart), and the other queues serve as usual.
+#[tokio::test]
+async fn a_queue_whose_log_cannot_be_opened_is_held_unavailable_and_the_broker_starts() {
+    let mut env = Env::with_segments(512);
+    env.declare("broken", true, vec![]);
+    env.declare("fine", true, vec![]);
+    for i in 0..10 {
+        publish_durably(&env, "", "broken", &format!("broken-{i}")).await;
+        publish_durably(&env, "", "fine", &format!("fine-{i}")).await;
+    }
+    let log_dir = env.queue("broken").inner.cfg.dir.join("log");
+    env.broker.take().unwrap().shutdown();
+    let first = log_dir.join("00000000000000000000.log");
+    let segments = files_of(&log_dir)
+        .keys()
+        .filter(|n| n.ends_with(".log"))
+        .count();
+    assert!(segments > 1, "the first segment is sealed");
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
+    std::fs::write(&first, &bytes).unwrap();
+    std::fs::remove_file(first.with_extension("index")).unwrap();
+    let before = files_of(&log_dir);
+
+    for round in 0..2 {
+        env.open();
+        let refused = |result: Result<(), MessagingError>| match result {
+            Err(MessagingError::Storage(m)) => {
+                for needle in [
+                    "queue 'broken' in vhost '/' is unavailable",
+                    "00000000000000000000.log is corrupt at byte 0",
+                ] {
+                    assert!(m.contains(needle), "no {needle} in: {m}");
+                }
+            }
+            other => panic!("expected the queue to be unavailable, got {other:?}"),
+        };
+        let m = env.m();
+        refused(m.queue("/", "broken", C1).map(|_| ()));
+        for passive in [true, false] {
+            refused(
+                m.declare_queue("/", queue_spec("broken", true, vec![]), passive, C1)
+                    .map(|_| ()),
+            );
+        }
+        refused(m.delete_queue("/", "broken", false, false, C1).map(|_| ()));
+        refused(m.bind_queue("/", "broken", "amq.direct", "k", vec![], C1));
+        // The first round takes them all.
+        let expected: Vec<String> = (0..10)
+            .filter(|_| round == 0)
+            .map(|i| format!("fine-{i}"))
+            .collect();
+        assert_eq!(env.bodies("fine"), expected);
+        env.broker.take().unwrap().shutdown();
+        assert_eq!(files_of(&log_dir), before, "the queue's files changed");
+    }
+}

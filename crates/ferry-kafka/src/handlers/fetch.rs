@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::CoreError;
 use ferry_log::{Log, LogError};
 use futures_util::future::select_all;
 use kafka_protocol::ResponseError;
@@ -65,14 +64,10 @@ pub(crate) async fn handle(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchR
             .partitions
             .iter()
             .map(|p| {
-                let log = topic.as_ref().map_err(|e| *e).and_then(|t| {
-                    t.partition(p.partition).ok_or_else(|| {
-                        kafka_error(&CoreError::UnknownPartition {
-                            topic: t.name.clone(),
-                            partition: p.partition,
-                        })
-                    })
-                });
+                let log = topic
+                    .as_ref()
+                    .map_err(|e| *e)
+                    .and_then(|t| t.partition(p.partition).map_err(|e| kafka_error(&e)));
                 let target = Target {
                     log,
                     fetch_offset: p.fetch_offset,

@@ -276,9 +276,10 @@ pub(crate) async fn offset_commit(
         let topic = ctx.broker.topic(&t.name.0);
         let mut topic_codes = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
+            // An offline partition still exists: Kafka commits its offsets.
             let exists = topic
                 .as_ref()
-                .is_some_and(|t| t.partition(p.partition_index).is_some());
+                .is_some_and(|t| t.has_partition(p.partition_index));
             if exists {
                 valid.push((
                     (t.name.0.to_string(), p.partition_index),

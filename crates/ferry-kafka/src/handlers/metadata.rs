@@ -35,12 +35,21 @@ fn describe_topic(ctx: &Ctx, topic: &Topic, include_ops: bool) -> MetadataRespon
     }
     t.partitions = (0..topic.partition_count() as i32)
         .map(|index| {
-            MetadataResponsePartition::default()
+            let partition = MetadataResponsePartition::default()
                 .with_partition_index(index)
-                .with_leader_id(node)
                 .with_leader_epoch(0)
                 .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_isr_nodes(vec![node]);
+            match topic.partition(index) {
+                Ok(_) => partition.with_leader_id(node),
+                // What Kafka's metadata says of a partition whose only
+                // replica sits in a failed log directory: no leader, the
+                // replica offline. Clients hold its records and retry.
+                Err(_) => partition
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_offline_replicas(vec![node]),
+            }
         })
         .collect();
     t

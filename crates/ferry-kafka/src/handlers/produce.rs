@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::CoreError;
 use ferry_core::alarm::{self, ResourceAlarms};
 use ferry_log::{AppendInfo, Log};
 use futures_util::future::join_all;
@@ -112,11 +111,8 @@ pub(crate) fn append(ctx: &Ctx, req: ProduceRequest, refused: Option<Refusal>) -
                     (Err(e), _) => Err((kafka_error(e), e.to_string())),
                     (Ok(_), None) => Err((ResponseError::CorruptMessage, "no records".to_string())),
                     (Ok(topic), Some(records)) => match topic.partition(data.index) {
-                        None => {
-                            let e = CoreError::UnknownPartition { topic: name.clone(), partition: data.index };
-                            Err((kafka_error(&e), e.to_string()))
-                        }
-                        Some(log) => log
+                        Err(e) => Err((kafka_error(&e), e.to_string())),
+                        Ok(log) => log
                             .append(&records)
                             .map(|info| {
                                 if !info.duplicate {

@@ -34,17 +34,61 @@ fn closed_log(dir: &Path) -> (LogConfig, Vec<Vec<u8>>) {
     (cfg, stored)
 }
 
-/// Flips one bit in a record of batch `k` (of `stored`), wherever its
-/// segment put it.
-fn flip_bit_in_batch(dir: &Path, stored: &[Vec<u8>], k: usize) -> PathBuf {
+/// Flips the bits of `mask` in byte `at` of batch `k` (of `stored`),
+/// wherever its segment put it.
+fn flip_bit_in_batch(dir: &Path, stored: &[Vec<u8>], k: usize, at: usize, mask: u8) -> PathBuf {
     let per_segment = 3;
     let base = (k / per_segment * per_segment) as i64 * 2;
     let path = log_path(dir, base);
-    let position = (k % per_segment) * stored[k].len() + HEADER_BYTES + 5;
+    let position = (k % per_segment) * stored[k].len() + at;
     let mut bytes = fs::read(&path).expect("read");
-    bytes[position] ^= 0x04;
+    bytes[position] ^= mask;
     fs::write(&path, &bytes).expect("write");
     path
+}
+
+/// Checks a log reopened over `stored` whose batch `k` was damaged in
+/// `path`: that batch is refused at each of its offsets, naming it (the
+/// refusal's reason containing `reason`), everything before and after it
+/// is served as stored, and the log still takes appends.
+fn assert_only_batch_refused(log: &Log, stored: &[Vec<u8>], k: usize, path: &Path, reason: &str) {
+    let bad = k as i64 * 2;
+    // A read from before it stops short of it.
+    let r = log.read(0, 1 << 20, true).expect("read");
+    assert_eq!(r.records, stored[..k].concat(), "batch {k}");
+    // Both of its offsets are refused, naming the batch.
+    for offset in [bad, bad + 1] {
+        match log.read(offset, 1 << 20, true) {
+            Err(LogError::CorruptBatch {
+                path: p,
+                position,
+                base_offset,
+                last_offset,
+                reason: why,
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(position, (k % 3 * stored[k].len()) as u64);
+                assert_eq!((base_offset, last_offset), (bad, bad + 1));
+                assert!(why.contains(reason), "{why}");
+            }
+            other => panic!("batch {k}, offset {offset}: expected CorruptBatch, got {other:?}"),
+        }
+    }
+    // Everything after it is served, and the log still takes appends.
+    let mut after = Vec::new();
+    let mut offset = bad + 2;
+    while offset < log.high_watermark() {
+        let r = log.read(offset, 1 << 20, true).expect("read after");
+        offset = headers_of(&r.records)
+            .last()
+            .expect("progress")
+            .last_offset()
+            + 1;
+        after.extend_from_slice(&r.records);
+    }
+    assert_eq!(after, stored[k + 1..].concat(), "batch {k}");
+    let next = make_batch(1, T0, b"after");
+    assert_eq!(log.append(&next).expect("append").base_offset, 20);
 }
 
 #[test]
@@ -54,46 +98,26 @@ fn a_batch_corrupted_at_rest_is_never_served_and_the_rest_still_is() {
     for k in [4usize, 9] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cfg, stored) = closed_log(dir.path());
-        let path = flip_bit_in_batch(dir.path(), &stored, k);
+        let path = flip_bit_in_batch(dir.path(), &stored, k, HEADER_BYTES + 5, 0x04);
         let log = open(dir.path(), cfg, &clock());
-        let bad = k as i64 * 2;
+        assert_only_batch_refused(&log, &stored, k, &path, "CRC");
+    }
+}
 
-        // A read from before it stops short of it.
-        let r = log.read(0, 1 << 20, true).expect("read");
-        assert_eq!(r.records, stored[..k].concat(), "batch {k}");
-        // Both of its offsets are refused, naming the batch.
-        for offset in [bad, bad + 1] {
-            match log.read(offset, 1 << 20, true) {
-                Err(LogError::CorruptBatch {
-                    path: p,
-                    position,
-                    base_offset,
-                    last_offset,
-                    reason,
-                }) => {
-                    assert_eq!(p, path);
-                    assert_eq!(position, (k % 3 * stored[k].len()) as u64);
-                    assert_eq!((base_offset, last_offset), (bad, bad + 1));
-                    assert!(reason.contains("CRC"), "{reason}");
-                }
-                other => panic!("batch {k}, offset {offset}: expected CorruptBatch, got {other:?}"),
-            }
-        }
-        // Everything after it is served, and the log still takes appends.
-        let mut after = Vec::new();
-        let mut offset = bad + 2;
-        while offset < log.high_watermark() {
-            let r = log.read(offset, 1 << 20, true).expect("read after");
-            offset = headers_of(&r.records)
-                .last()
-                .expect("progress")
-                .last_offset()
-                + 1;
-            after.extend_from_slice(&r.records);
-        }
-        assert_eq!(after, stored[k + 1..].concat(), "batch {k}");
-        let next = make_batch(1, T0, b"after");
-        assert_eq!(log.append(&next).expect("append").base_offset, 20);
+#[test]
+fn a_batch_whose_base_offset_changed_at_rest_is_never_served_and_the_rest_still_is() {
+    // The CRC does not cover the base offset (bytes 0..8), so a reader that
+    // trusted it would serve the batch's records at offsets it never had.
+    // Batch 3 starts the second sealed segment: opening the log reads the
+    // batches at index entries and after the last one, not it, so only the
+    // read can notice. Flipped: the lowest bit (6 becomes 7, an offset of
+    // the batch itself), a middle one, and the sign bit.
+    for (byte, mask) in [(7usize, 0x01u8), (5, 0x10), (0, 0x80)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cfg, stored) = closed_log(dir.path());
+        let path = flip_bit_in_batch(dir.path(), &stored, 3, byte, mask);
+        let log = open(dir.path(), cfg, &clock());
+        assert_only_batch_refused(&log, &stored, 3, &path, "base offset");
     }
 }
 
