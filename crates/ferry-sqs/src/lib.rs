@@ -273,9 +273,11 @@ impl Sqs {
         {
             let mut queues = sqs.queues_mut();
             for meta in metas {
+                // A queue whose log cannot be opened stays listed, and its
+                // attributes stay in queues.json; every use of its
+                // messages answers InternalError naming the cause.
                 if let Err(e) = sqs.declare_engine_queue(&meta.name) {
-                    tracing::error!(queue = %meta.name, error = %e.message, "cannot restore the engine queue of an SQS queue");
-                    continue;
+                    tracing::error!(queue = %meta.name, error = %e.message, "cannot restore the engine queue of an SQS queue; its messages are unavailable until it can be opened");
                 }
                 let state = queues::new_state(meta);
                 if state.fifo
@@ -329,7 +331,7 @@ impl Sqs {
             .declare_queue(&self.config.vhost, spec, false, CONNECTION)
             .map(|_| ())
             .map_err(|e| match e {
-                MessagingError::LimitReached(_) => SqsError::from(e),
+                MessagingError::LimitReached(_) | MessagingError::Storage(_) => SqsError::from(e),
                 e => err(
                     Code::QueueNameExists,
                     format!("A queue named {name} already exists with different settings: {e}"),
@@ -340,7 +342,11 @@ impl Sqs {
     pub(crate) fn engine_queue(&self, name: &str) -> SqsResult<Arc<Queue>> {
         self.messaging
             .queue(&self.config.vhost, name, CONNECTION)
-            .map_err(|_| no_queue())
+            .map_err(|e| match e {
+                // Held unavailable: its log could not be opened at start.
+                MessagingError::Storage(_) => SqsError::from(e),
+                _ => no_queue(),
+            })
     }
 
     /// Persists every queue's metadata.

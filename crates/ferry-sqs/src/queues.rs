@@ -417,6 +417,13 @@ impl Sqs {
 
     pub(crate) fn delete_queue(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
         let q = self.queue_of(req, p)?;
+        // A queue held unavailable (its log could not be opened) keeps its
+        // files for the operator: refused, as every other use of it is.
+        if let Err(e) = self.engine_queue(&q.name)
+            && e.code == Code::InternalError
+        {
+            return Err(e);
+        }
         self.queues_mut().remove(&q.name);
         self.deleted
             .lock()
