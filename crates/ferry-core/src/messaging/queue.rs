@@ -1010,7 +1010,7 @@ impl QueueInner {
         let records = if let [one] = entries {
             std::borrow::Cow::Borrowed(one.batch)
         } else {
-            std::borrow::Cow::Owned(entries.iter().flat_map(|e| e.batch).copied().collect())
+            std::borrow::Cow::Owned(entries.iter().map(|e| e.batch).collect::<Vec<_>>().concat())
         };
         if self.is_stream() {
             return self.append_stream(&records, entries);
