@@ -236,11 +236,17 @@ fn bomb<C: Compressor<BytesMut, BufMut = BytesMut>>() -> Vec<u8> {
     out.to_vec()
 }
 
+/// A bomb of codec `C` (attribute `codec`) is small on the wire and
+/// refused once it decompresses past the limit.
+fn assert_bomb_refused<C: Compressor<BytesMut, BufMut = BytesMut>>(codec: u8) {
+    let data = bomb::<C>();
+    assert!(data.len() < BOMB_BYTES / 100);
+    assert_refused_within(batch(codec, 1, &data), SMALL_LIMIT);
+}
+
 #[test]
 fn gzip_that_expands_past_the_limit_is_refused() {
-    let data = bomb::<Gzip>();
-    assert!(data.len() < BOMB_BYTES / 100);
-    assert_refused_within(batch(1, 1, &data), SMALL_LIMIT);
+    assert_bomb_refused::<Gzip>(1);
 }
 
 #[test]
@@ -250,16 +256,12 @@ fn snappy_from_the_encoder_that_expands_past_the_limit_is_refused() {
 
 #[test]
 fn lz4_that_expands_past_the_limit_is_refused() {
-    let data = bomb::<Lz4>();
-    assert!(data.len() < BOMB_BYTES / 100);
-    assert_refused_within(batch(3, 1, &data), SMALL_LIMIT);
+    assert_bomb_refused::<Lz4>(3);
 }
 
 #[test]
 fn zstd_that_expands_past_the_limit_is_refused() {
-    let data = bomb::<Zstd>();
-    assert!(data.len() < BOMB_BYTES / 100);
-    assert_refused_within(batch(4, 1, &data), SMALL_LIMIT);
+    assert_bomb_refused::<Zstd>(4);
 }
 
 /// A zstd frame (window 128 KiB) of `blocks` run-length blocks of 128 KiB
