@@ -656,7 +656,7 @@ impl Queue {
         delay: Option<Duration>,
     ) -> Result<Published, MessagingError> {
         let mut sent = self.send_all(vec![(message, delay)])?;
-        sent.pop().unwrap_or_else(|| Err(self.gone()))
+        sent.pop().unwrap_or_else(|| Err(self.inner.gone()))
     }
 
     /// Appends messages to this queue in order, with one write to its log
@@ -726,7 +726,7 @@ impl Queue {
                     }
                     Err(MessagingError::QueueFull(self.inner.cfg.name.clone()))
                 }
-                queue::Appended::Gone => Err(self.gone()),
+                queue::Appended::Gone => Err(self.inner.gone()),
             })
             .collect();
         if !refused.is_empty()
@@ -735,14 +735,6 @@ impl Queue {
             shared.dead_letter(&self.inner.cfg, &refused);
         }
         Ok(results)
-    }
-
-    fn gone(&self) -> MessagingError {
-        MessagingError::NotFound {
-            kind: "queue",
-            name: self.inner.cfg.name.clone(),
-            vhost: self.inner.cfg.vhost.clone(),
-        }
     }
 
     /// Whether the queue keeps its messages across restarts (durable and not

@@ -1151,7 +1151,7 @@ impl QueueInner {
         Ok(d)
     }
 
-    fn gone(&self) -> MessagingError {
+    pub(crate) fn gone(&self) -> MessagingError {
         MessagingError::NotFound {
             kind: "queue",
             name: self.cfg.name.clone(),
