@@ -26,7 +26,7 @@ use ferry_core::alarm::ResourceAlarms;
 use ferry_core::connections::{Channel as ChannelInfo, Registration};
 use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
-    MessagingError, Queue, QueueSpec, StreamOffset,
+    MessagingError, Published, Queue, QueueSpec, StreamOffset,
 };
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -84,6 +84,8 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
 pub const DIRECT_REPLY_QUEUE: &str = "amq.rabbitmq.reply-to";
 const DIRECT_REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
+/// basic.publish's class and method ids.
+const BASIC_PUBLISH: (u16, u16) = (60, 40);
 /// Exchanges a connection remembers it may publish to (RabbitMQ caches
 /// permission checks per channel too); forgotten all at once past this.
 const WRITE_PERMISSION_CACHE_MAX: usize = 64;
@@ -155,6 +157,42 @@ struct Unacked {
 enum Settle {
     Ack,
     Reject { requeue: bool },
+}
+
+/// What a basic.return of a mandatory message that no queue took carries.
+struct Returned {
+    exchange: String,
+    routing_key: String,
+    properties: Bytes,
+    body: Bytes,
+}
+
+impl Returned {
+    /// What to return if `msg` turns out unroutable; `None` unless mandatory.
+    fn of(msg: &Message, mandatory: bool) -> Option<Returned> {
+        mandatory.then(|| Returned {
+            exchange: msg.exchange.clone(),
+            routing_key: msg.routing_key.clone(),
+            properties: msg.properties.clone(),
+            body: msg.body.clone(),
+        })
+    }
+}
+
+/// Whether a message goes to a direct reply-to address (`amq.rabbitmq.reply-to.*`
+/// through the default exchange) rather than through a queue.
+fn is_direct_reply(msg: &Message) -> bool {
+    msg.exchange.is_empty() && msg.routing_key.starts_with(DIRECT_REPLY_PREFIX)
+}
+
+/// A publish held back until the frames read with it are handled.
+struct Held {
+    channel: u16,
+    generation: u64,
+    /// Its publisher-confirm sequence number (confirm mode).
+    seq: Option<u64>,
+    mandatory: bool,
+    msg: Message,
 }
 
 #[derive(Default)]
@@ -271,6 +309,9 @@ struct Conn {
     /// Queues with acks whose journal records are not written yet (written
     /// by `flush`).
     journal_owed: Vec<Arc<Queue>>,
+    /// Publishes whose content is complete, held back to be routed together
+    /// by `publish_held`: every queue then gets one write for all of them.
+    held: Vec<Held>,
     /// This connection in the broker's registry (admin API): traffic,
     /// identity, channels, and an operator's request to close it.
     registration: Registration,
@@ -386,6 +427,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         blocked_sent: false,
         write_permitted: HashSet::new(),
         journal_owed: Vec::new(),
+        held: Vec::new(),
         registration,
     };
     let opened = conn.handshake().await;
@@ -917,21 +959,29 @@ impl Conn {
 
     /// Handles the frames read so far, in order, until a publish blocks the
     /// connection (resource alarm): the rest wait until it is unblocked.
+    /// Publishes are held back and routed together once these frames are
+    /// handled, or before any other method, which may depend on them (a
+    /// basic.get, a queue.purge, a channel.close, tx.commit, ...).
     async fn on_read_ahead(&mut self) {
         while !self.done && !self.is_blocked() {
             let Some(f) = self.read_ahead.pop_front() else {
-                return;
+                break;
             };
-            let method = match (f.kind, f.payload.get(..4)) {
-                (FRAME_METHOD, Some(ids)) => frame::method_name(
+            let ids = match (f.kind, f.payload.get(..4)) {
+                (FRAME_METHOD, Some(ids)) => Some((
                     u16::from_be_bytes([ids[0], ids[1]]),
                     u16::from_be_bytes([ids[2], ids[3]]),
-                ),
+                )),
                 _ => None,
             };
+            if ids.is_some_and(|ids| ids != BASIC_PUBLISH) {
+                self.publish_held().await;
+            }
+            let method = ids.and_then(|(c, m)| frame::method_name(c, m));
             // Content frames are not timed: only methods are counted.
             let started = method.map(|_| Instant::now());
             if let Err(e) = self.on_frame(f).await {
+                self.publish_held().await;
                 self.on_error(e).await;
             }
             if let (Some(name), Some(started)) = (method, started) {
@@ -941,6 +991,7 @@ impl Conn {
                 self.config().metrics.request("amqp", name, elapsed);
             }
         }
+        self.publish_held().await;
     }
 
     /// Handles whatever else is ready at once (frames already read, confirms
@@ -2196,19 +2247,26 @@ impl Conn {
 
     async fn commit(&mut self, ch: &mut Channel, t: Tx) -> Result<(), AmqpError> {
         let mut pending = Vec::new();
+        let mut messages = Vec::with_capacity(t.publishes.len());
+        let mut returns = Vec::with_capacity(t.publishes.len());
         for (msg, mandatory) in t.publishes {
-            let returned = mandatory.then(|| (msg.properties.clone(), msg.body.clone()));
-            let (exchange, rk) = (msg.exchange.clone(), msg.routing_key.clone());
-            match self.route(msg) {
-                Ok((routed, p)) => {
-                    if routed == 0
-                        && let Some((props, body)) = returned
+            if is_direct_reply(&msg) {
+                self.reply_directly(ch.id, msg, mandatory);
+                continue;
+            }
+            returns.push(Returned::of(&msg, mandatory));
+            messages.push(msg);
+        }
+        let results = self.shared.messaging.publish_all(&self.vhost, messages);
+        for (returned, result) in returns.into_iter().zip(results) {
+            match result {
+                Ok(published) => {
+                    if published.routed == 0
+                        && let Some(r) = returned
                     {
-                        self.basic_return(ch.id, &exchange, &rk, &props, &body);
+                        self.basic_return(ch.id, &r);
                     }
-                    if let Some(p) = p {
-                        pending.push(p);
-                    }
+                    pending.push(published.pending);
                 }
                 Err(MessagingError::QueueFull(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -2225,45 +2283,48 @@ impl Conn {
         Ok(())
     }
 
-    fn basic_return(&mut self, channel: u16, exchange: &str, rk: &str, props: &[u8], body: &[u8]) {
+    fn basic_return(&mut self, channel: u16, r: &Returned) {
         self.send_method(
             channel,
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: NO_ROUTE,
                 reply_text: ss("NO_ROUTE"),
-                exchange: ss(exchange),
-                routing_key: ss(rk),
+                exchange: ss(&r.exchange),
+                routing_key: ss(&r.routing_key),
             })),
         );
-        frame::put_content(&mut self.out, channel, props, body, self.frame_max);
+        frame::put_content(
+            &mut self.out,
+            channel,
+            &r.properties,
+            &r.body,
+            self.frame_max,
+        );
     }
 
-    /// Routes one message: direct reply-to addresses here, everything else
-    /// through the engine. Returns how many queues took it and, for engine
-    /// publishes, what to await before confirming.
-    fn route(
-        &mut self,
-        msg: Message,
-    ) -> Result<(usize, Option<ferry_core::messaging::PendingDurability>), MessagingError> {
-        if msg.exchange.is_empty() && msg.routing_key.starts_with(DIRECT_REPLY_PREFIX) {
-            let target = self.shared.replies().get(&msg.routing_key).cloned();
-            let routed = match target {
-                Some(t) => {
-                    t.tx.try_send(DirectReply {
-                        channel: t.channel,
-                        generation: t.generation,
-                        routing_key: msg.routing_key,
-                        properties: msg.properties,
-                        body: msg.body,
-                    })
-                    .is_ok()
-                }
-                None => false,
-            };
-            return Ok((usize::from(routed), None));
+    /// Hands a message published to a direct reply-to address to the
+    /// connection waiting for it (not through a queue), or returns it to
+    /// the publisher if it is mandatory and nobody waits.
+    fn reply_directly(&mut self, channel: u16, msg: Message, mandatory: bool) {
+        let returned = Returned::of(&msg, mandatory);
+        let taken = self
+            .shared
+            .replies()
+            .get(&msg.routing_key)
+            .cloned()
+            .is_some_and(|t| {
+                t.tx.try_send(DirectReply {
+                    channel: t.channel,
+                    generation: t.generation,
+                    routing_key: msg.routing_key,
+                    properties: msg.properties,
+                    body: msg.body,
+                })
+                .is_ok()
+            });
+        if !taken && let Some(r) = returned {
+            self.basic_return(channel, &r);
         }
-        let published = self.shared.messaging.publish(&self.vhost, msg)?;
-        Ok((published.routed, Some(published.pending)))
     }
 
     async fn publish_assembled(&mut self, ch: &mut Channel) -> Result<(), AmqpError> {
@@ -2273,6 +2334,9 @@ impl Conn {
         // RabbitMQ's order: size (checked at the header), write permission,
         // then the exchange, user_id and expiration.
         self.permit_publish(&a.exchange)?;
+        self.shared
+            .messaging
+            .check_publish(&self.vhost, &a.exchange)?;
         let props = a.props.unwrap_or_else(Props::empty);
         if let Some(u) = props.short_str(props::USER_ID)
             && u != self.user.as_bytes()
@@ -2339,33 +2403,98 @@ impl Conn {
             t.publishes.push((msg, a.mandatory));
             return Ok(());
         }
-        let returned = a
-            .mandatory
-            .then(|| (msg.properties.clone(), msg.body.clone()));
-        let (exchange, rk) = (msg.exchange.clone(), msg.routing_key.clone());
-        match self.route(msg) {
-            Ok((routed, pending)) => {
-                if routed == 0
-                    && let Some((props, body)) = returned
+        if is_direct_reply(&msg) {
+            self.reply_directly(ch.id, msg, a.mandatory);
+            if let Some(seq) = seq {
+                self.confirm_now(ch, seq, true);
+            }
+            return Ok(());
+        }
+        self.held.push(Held {
+            channel: ch.id,
+            generation: ch.generation,
+            seq,
+            mandatory: a.mandatory,
+            msg,
+        });
+        Ok(())
+    }
+
+    /// Routes the held publishes, each queue with one write for all the
+    /// messages it takes, then answers each on its channel: a basic.return
+    /// if mandatory and unroutable, its confirm once durable, a nack if a
+    /// queue refused it (reject-publish). A channel closed meanwhile hears
+    /// nothing more, but what it published is routed, as RabbitMQ routes
+    /// what it received before the close.
+    async fn publish_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let mut answers = Vec::with_capacity(held.len());
+        let mut messages = Vec::with_capacity(held.len());
+        for h in held {
+            let returned = Returned::of(&h.msg, h.mandatory);
+            answers.push((h.channel, h.generation, h.seq, returned));
+            messages.push(h.msg);
+        }
+        let results = self.shared.messaging.publish_all(&self.vhost, messages);
+        for ((channel, generation, seq, returned), result) in answers.into_iter().zip(results) {
+            let Some(mut ch) = self.channels.remove(&channel) else {
+                continue;
+            };
+            let answered = if ch.generation == generation && !ch.closing {
+                self.on_published(&mut ch, seq, returned, result)
+            } else {
+                Ok(())
+            };
+            match answered {
+                Err(e) if e.scope == Scope::Channel => {
+                    self.close_channel(&mut ch, &e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1));
+                    self.channels.insert(channel, ch);
+                }
+                Err(e) => {
+                    self.channels.insert(channel, ch);
+                    self.on_error(e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1)).await;
+                }
+                Ok(()) => {
+                    self.channels.insert(channel, ch);
+                }
+            }
+        }
+    }
+
+    /// Answers one routed publish (see `publish_held`).
+    fn on_published(
+        &mut self,
+        ch: &mut Channel,
+        seq: Option<u64>,
+        returned: Option<Returned>,
+        result: Result<Published, MessagingError>,
+    ) -> Result<(), AmqpError> {
+        match result {
+            Ok(published) => {
+                if published.routed == 0
+                    && let Some(r) = returned
                 {
-                    self.basic_return(ch.id, &exchange, &rk, &props, &body);
+                    self.basic_return(ch.id, &r);
                 }
                 if let Some(seq) = seq {
-                    match pending {
-                        Some(p) => {
-                            let (channel, generation) = (ch.id, ch.generation);
-                            self.confirms.push(Box::pin(async move {
-                                let ok = p.durable().await.is_ok();
-                                ConfirmDone {
-                                    channel,
-                                    generation,
-                                    seq,
-                                    ok,
-                                }
-                            }));
-                        }
-                        None => self.confirm_now(ch, seq, true),
+                    let (channel, generation) = (ch.id, ch.generation);
+                    let pending = published.pending;
+                    if pending.is_empty() {
+                        self.confirm_now(ch, seq, true);
+                        return Ok(());
                     }
+                    self.confirms.push(Box::pin(async move {
+                        let ok = pending.durable().await.is_ok();
+                        ConfirmDone {
+                            channel,
+                            generation,
+                            seq,
+                            ok,
+                        }
+                    }));
                 }
                 Ok(())
             }

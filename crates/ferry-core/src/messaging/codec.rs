@@ -43,6 +43,21 @@ pub(crate) struct Meta {
     pub deliver_at_ms: Option<i64>,
 }
 
+impl Meta {
+    /// What a queue indexes `message` by, not deliverable before
+    /// `deliver_at_ms` if that is given.
+    pub fn of(message: &Message, deliver_at_ms: Option<i64>) -> Meta {
+        Meta {
+            persistent: message.persistent,
+            priority: message.priority,
+            ttl_ms: message
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            deliver_at_ms,
+        }
+    }
+}
+
 fn reason_code(r: DeathReason) -> u8 {
     match r {
         DeathReason::Rejected => 0,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::args::{self, QueueArgs, exchange_equivalence, kind_name, parse_queue_args, rs};
 use super::codec::{self, Meta};
 use super::queue::{
-    Appended, DeadLetter, QUEUE_MESSAGE_BYTES_MAX, QueueConfig, QueueInner, StreamInfo,
+    Appended, DeadLetter, Entry, QUEUE_MESSAGE_BYTES_MAX, QueueConfig, QueueInner, StreamInfo,
     original_expiration,
 };
 use super::routing::{Binding, Bindings, Dest, Routing};
@@ -286,6 +286,10 @@ fn extra_keys(headers: &[(String, FieldValue)], name: &str) -> Vec<String> {
 
 /// A queue, and for a delayed exchange's store, its vhost and exchange.
 type QueueAndOwner = (Arc<QueueInner>, Option<(Arc<Vhost>, String)>);
+
+/// Where a publish goes: the queues, and the delayed exchanges' stores with
+/// the time each releases it.
+type Destinations = (Vec<Arc<Queue>>, Vec<(Arc<QueueInner>, i64)>);
 
 /// Where routing ended: queue names, and whether a delayed exchange took it.
 #[derive(Debug, Default)]
@@ -1256,12 +1260,71 @@ impl Shared {
         self.clock.now_ms()
     }
 
-    pub fn publish(&self, vhost: &str, mut message: Message) -> Result<Published, MessagingError> {
-        let v = self.vhost(vhost)?;
+    /// Routes and appends messages in order (the publishes of one socket
+    /// read): each queue gets one write for all the messages it takes, not
+    /// one per message. Per message: how many queues took it and what to
+    /// await for its publisher confirm, or why it was refused.
+    pub fn publish_all(
+        &self,
+        vhost: &str,
+        mut messages: Vec<Message>,
+    ) -> Vec<Result<Published, MessagingError>> {
+        let v = match self.vhost(vhost) {
+            Ok(v) => v,
+            Err(e) => return messages.iter().map(|_| Err(e.clone())).collect(),
+        };
         let now = self.now_ms();
+        let routes: Vec<Result<Destinations, MessagingError>> = {
+            let topo = v.read();
+            messages
+                .iter_mut()
+                .map(|m| Self::route_publish(&topo, vhost, m, now))
+                .collect()
+        };
+        self.ensure_timers();
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut to_queues = Vec::with_capacity(messages.len());
+        for (message, route) in messages.iter().zip(routes) {
+            let (queues, outcome) = match route {
+                Ok((queues, delayed)) => match self.hold_delayed(delayed, message, now) {
+                    Ok(p) => (queues, Ok(p)),
+                    Err(e) => (Vec::new(), Err(e)),
+                },
+                Err(e) => (Vec::new(), Err(e)),
+            };
+            outcomes.push(outcome);
+            to_queues.push(queues);
+        }
+        let routed: Vec<(&Message, Vec<Arc<Queue>>)> = messages.iter().zip(to_queues).collect();
+        for (outcome, delivered) in outcomes.iter_mut().zip(self.deliver_all(&routed, now)) {
+            let Ok(published) = outcome else {
+                continue;
+            };
+            match delivered {
+                Ok(d) => {
+                    published.routed += d.routed;
+                    published.pending.waits.extend(d.pending.waits);
+                }
+                Err(e) => *outcome = Err(e),
+            }
+        }
+        outcomes
+    }
+
+    /// Where a publish goes (the queues and delayed stores it is routed
+    /// to), refusing a missing or internal exchange. Stamps the publish
+    /// time and takes `BCC` out of the headers, which route but are never
+    /// delivered.
+    fn route_publish(
+        topo: &Topology,
+        vhost: &str,
+        message: &mut Message,
+        now: i64,
+    ) -> Result<Destinations, MessagingError> {
         if message.published_ms == 0 {
             message.published_ms = now;
         }
+        Self::publishable(topo, vhost, &message.exchange)?;
         let mut keys = vec![message.routing_key.clone()];
         keys.extend(extra_keys(&message.headers, "CC"));
         let bcc = extra_keys(&message.headers, "BCC");
@@ -1269,112 +1332,166 @@ impl Shared {
             keys.extend(bcc);
             message.headers.retain(|(k, _)| k != "BCC");
         }
-        let (queues, delayed) = {
-            let topo = v.read();
-            let Some(x) = topo.exchanges.get(&message.exchange) else {
-                return Err(not_found("exchange", &message.exchange, vhost));
-            };
-            if x.spec.internal {
-                return Err(MessagingError::AccessRefused(format!(
-                    "cannot publish to internal {}",
-                    rs("exchange", &message.exchange, vhost)
-                )));
-            }
-            let route = Self::route(&topo, &message.exchange, &keys, &message.headers, None, now);
-            let queues: Vec<Arc<Queue>> = route
-                .queues
-                .iter()
-                .filter_map(|q| topo.queues.get(q).cloned())
-                .collect();
-            (queues, route.delayed)
+        let route = Self::route(topo, &message.exchange, &keys, &message.headers, None, now);
+        let queues = route
+            .queues
+            .iter()
+            .filter_map(|q| topo.queues.get(q).cloned())
+            .collect();
+        Ok((queues, route.delayed))
+    }
+
+    /// Refuses a publish to an exchange that does not exist or is internal.
+    fn publishable(topo: &Topology, vhost: &str, exchange: &str) -> Result<(), MessagingError> {
+        let Some(x) = topo.exchanges.get(exchange) else {
+            return Err(not_found("exchange", exchange, vhost));
         };
-        self.ensure_timers();
-        let mut pending = PendingDurability::default();
-        let mut routed = 0;
+        if x.spec.internal {
+            return Err(MessagingError::AccessRefused(format!(
+                "cannot publish to internal {}",
+                rs("exchange", exchange, vhost)
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_publish(&self, vhost: &str, exchange: &str) -> Result<(), MessagingError> {
+        let v = self.vhost(vhost)?;
+        let topo = v.read();
+        Self::publishable(&topo, vhost, exchange)
+    }
+
+    /// Appends a message to the delayed exchanges' stores it was routed to.
+    fn hold_delayed(
+        &self,
+        delayed: Vec<(Arc<QueueInner>, i64)>,
+        message: &Message,
+        now: i64,
+    ) -> Result<Published, MessagingError> {
+        let mut published = Published {
+            routed: 0,
+            pending: PendingDurability::default(),
+        };
         for (store, at) in delayed {
-            let batch = codec::encode_batch(&message, Some(at), now);
+            let batch = codec::encode_batch(message, Some(at), now);
             let meta = Meta {
                 persistent: message.persistent,
                 priority: 0,
                 ttl_ms: None,
                 deliver_at_ms: Some(at),
             };
-            if let Appended::Stored(wait) = self.append_to(&store, &batch, &meta, &message)? {
-                routed += 1;
+            let mut outbox = Vec::new();
+            let appended = store.append(&batch, &meta, message.body.len() as u64, &mut outbox);
+            store.finish(outbox);
+            if let Appended::Stored(wait) = appended? {
+                published.routed += 1;
                 if let Some(info) = wait {
-                    pending.waits.push((store.log.clone(), info));
+                    published.pending.waits.push((store.log.clone(), info));
                 }
             }
         }
-        let full = self.deliver(&queues, &message, now, &mut pending, &mut routed)?;
-        if let Some(name) = full {
-            return Err(MessagingError::QueueFull(name));
-        }
-        Ok(Published { routed, pending })
+        Ok(published)
     }
 
-    fn append_to(
+    /// Appends messages to the queues each was routed to, in order, with
+    /// one write per queue for all the messages it takes. Per message: how
+    /// many queues took it and what to await, or the error of a queue that
+    /// refused it (reject-publish) or could not store it.
+    fn deliver_all(
         &self,
-        q: &QueueInner,
-        batch: &[u8],
-        meta: &Meta,
-        message: &Message,
-    ) -> Result<Appended, MessagingError> {
-        let mut outbox = Vec::new();
-        let result = q.append(batch, meta, message.body.len() as u64, &mut outbox);
-        q.finish(outbox);
-        result
-    }
-
-    /// Appends to each queue; returns the name of a queue that refused it
-    /// (reject-publish), if one did.
-    fn deliver(
-        &self,
-        queues: &[Arc<Queue>],
-        message: &Message,
+        routed: &[(&Message, Vec<Arc<Queue>>)],
         now: i64,
-        pending: &mut PendingDurability,
-        routed: &mut usize,
-    ) -> Result<Option<String>, MessagingError> {
-        if queues.is_empty() {
-            return Ok(None);
-        }
-        let batch = codec::encode_batch(message, None, now);
-        let meta = Meta {
-            persistent: message.persistent,
-            priority: message.priority,
-            ttl_ms: message
-                .ttl
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            deliver_at_ms: None,
-        };
-        let mut full = None;
-        for q in queues {
-            match self.append_to(&q.inner, &batch, &meta, message)? {
-                Appended::Stored(wait) => {
-                    *routed += 1;
-                    if let Some(info) = wait {
-                        pending.waits.push((q.inner.log.clone(), info));
-                    }
+    ) -> Vec<Result<Published, MessagingError>> {
+        let batches: Vec<Vec<u8>> = routed
+            .iter()
+            .map(|(m, queues)| {
+                if queues.is_empty() {
+                    Vec::new()
+                } else {
+                    codec::encode_batch(m, None, now)
                 }
-                Appended::Refused { dead_letter } => {
-                    *routed += 1;
-                    if dead_letter {
-                        self.dead_letter(
-                            &q.inner.cfg,
-                            &[DeadLetter {
-                                offset: 0,
-                                message: message.clone(),
-                                reason: DeathReason::Maxlen,
-                            }],
-                        );
-                    }
-                    full = Some(q.inner.cfg.name.clone());
-                }
-                Appended::Gone => {}
+            })
+            .collect();
+        let metas: Vec<Meta> = routed.iter().map(|(m, _)| Meta::of(m, None)).collect();
+        // Each queue, in the order first routed to, with its messages.
+        let mut by_queue: Vec<(&Arc<Queue>, Vec<usize>)> = Vec::new();
+        let mut slot: HashMap<*const Queue, usize> = HashMap::new();
+        for (i, (_, queues)) in routed.iter().enumerate() {
+            for q in queues {
+                let s = *slot.entry(Arc::as_ptr(q)).or_insert_with(|| {
+                    by_queue.push((q, Vec::new()));
+                    by_queue.len() - 1
+                });
+                by_queue[s].1.push(i);
             }
         }
-        Ok(full)
+        let mut out: Vec<Result<Published, MessagingError>> = routed
+            .iter()
+            .map(|_| {
+                Ok(Published {
+                    routed: 0,
+                    pending: PendingDurability::default(),
+                })
+            })
+            .collect();
+        let mut full: Vec<Option<String>> = vec![None; routed.len()];
+        for (q, taken) in by_queue {
+            let entries: Vec<Entry<'_>> = taken
+                .iter()
+                .map(|&i| Entry {
+                    batch: &batches[i],
+                    meta: &metas[i],
+                    body_bytes: routed[i].0.body.len() as u64,
+                })
+                .collect();
+            let mut outbox = Vec::new();
+            let appended = q.inner.append_all(&entries, &mut outbox);
+            q.inner.finish(outbox);
+            let appended = match appended {
+                Ok(a) => a,
+                Err(e) => {
+                    for &i in &taken {
+                        out[i] = Err(e.clone());
+                    }
+                    continue;
+                }
+            };
+            let mut letters = Vec::new();
+            for (&i, a) in taken.iter().zip(appended) {
+                let Ok(published) = &mut out[i] else {
+                    continue;
+                };
+                match a {
+                    Appended::Stored(wait) => {
+                        published.routed += 1;
+                        if let Some(info) = wait {
+                            published.pending.waits.push((q.inner.log.clone(), info));
+                        }
+                    }
+                    Appended::Refused { dead_letter } => {
+                        published.routed += 1;
+                        if dead_letter {
+                            letters.push(DeadLetter {
+                                offset: 0,
+                                message: routed[i].0.clone(),
+                                reason: DeathReason::Maxlen,
+                            });
+                        }
+                        full[i] = Some(q.inner.cfg.name.clone());
+                    }
+                    Appended::Gone => {}
+                }
+            }
+            if !letters.is_empty() {
+                self.dead_letter(&q.inner.cfg, &letters);
+            }
+        }
+        for (o, name) in out.iter_mut().zip(full) {
+            if let (Ok(_), Some(name)) = (&o, name) {
+                *o = Err(MessagingError::QueueFull(name));
+            }
+        }
+        out
     }
 
     /// Republishes messages a queue dead-letters, each with a `Death` for
@@ -1439,9 +1556,9 @@ impl Shared {
                     .filter_map(|q| topo.queues.get(q).cloned())
                     .collect()
             };
-            let mut pending = PendingDurability::default();
-            let mut routed = 0;
-            if let Err(e) = self.deliver(&queues, &m, now, &mut pending, &mut routed) {
+            if let Some(Err(e)) = self.deliver_all(&[(&m, queues)], now).pop()
+                && !matches!(e, MessagingError::QueueFull(_))
+            {
                 tracing::warn!(vhost = %from.vhost, queue = %from.name, error = %e, "dead-lettering failed; message dropped");
             }
         }
@@ -1542,9 +1659,9 @@ impl Shared {
                     .filter_map(|q| topo.queues.get(q).cloned())
                     .collect()
             };
-            let mut pending = PendingDurability::default();
-            let mut routed = 0;
-            if let Err(e) = self.deliver(&queues, &m, now, &mut pending, &mut routed) {
+            if let Some(Err(e)) = self.deliver_all(&[(&m, queues)], now).pop()
+                && !matches!(e, MessagingError::QueueFull(_))
+            {
                 tracing::warn!(vhost = %v.name, exchange, error = %e, "could not route a delayed message");
             }
             if let Err(e) = store.ack(d.id) {

@@ -681,14 +681,7 @@ impl Queue {
                 .filter(|d| !d.is_zero())
                 .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
             batches.push(codec::encode_batch(message, at, now));
-            metas.push(codec::Meta {
-                persistent: message.persistent,
-                priority: message.priority,
-                ttl_ms: message
-                    .ttl
-                    .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                deliver_at_ms: at,
-            });
+            metas.push(codec::Meta::of(message, at));
         }
         let entries: Vec<queue::Entry<'_>> = batches
             .iter()
@@ -938,7 +931,29 @@ impl Messaging {
     /// Routes and appends a message (the default exchange is `""`). Returns
     /// how many queues got it and what to await for publisher confirms.
     pub fn publish(&self, vhost: &str, message: Message) -> Result<Published, MessagingError> {
-        self.shared.publish(vhost, message)
+        let mut published = self.shared.publish_all(vhost, vec![message]);
+        published
+            .pop()
+            .unwrap_or_else(|| Err(MessagingError::Storage("nothing published".into())))
+    }
+
+    /// What [`Messaging::publish`] would refuse every message to `exchange`
+    /// for before routing it: an exchange that does not exist or is
+    /// internal. For a front end that holds publishes back to append them
+    /// together, so that the refusal still comes at the publish.
+    pub fn check_publish(&self, vhost: &str, exchange: &str) -> Result<(), MessagingError> {
+        self.shared.check_publish(vhost, exchange)
+    }
+
+    /// Routes and appends messages in order, each queue with one write for
+    /// all the messages it takes (the publishes of one socket read). Per
+    /// message, what [`Messaging::publish`] would answer.
+    pub fn publish_all(
+        &self,
+        vhost: &str,
+        messages: Vec<Message>,
+    ) -> Vec<Result<Published, MessagingError>> {
+        self.shared.publish_all(vhost, messages)
     }
 
     /// A connection closed: delete its exclusive queues.

@@ -1960,3 +1960,78 @@ async fn a_queue_whose_log_cannot_be_opened_is_held_unavailable_and_the_broker_s
         assert_eq!(files_of(&log_dir), before, "the queue's files changed");
     }
 }
+
+#[tokio::test]
+async fn publish_all_writes_each_queue_once_in_order_and_answers_each_message() {
+    let env = Env::new();
+    env.exchange("fan", ExchangeKind::Fanout);
+    env.declare("a", true, vec![]);
+    env.declare("b", true, vec![]);
+    env.bind("a", "fan", "");
+    env.bind("b", "fan", "");
+    env.declare(
+        "small",
+        true,
+        vec![
+            arg("x-max-length", FieldValue::Int(1)),
+            arg("x-overflow", s("reject-publish")),
+        ],
+    );
+    let published = env.m().publish_all(
+        "/",
+        vec![
+            msg("fan", "", "1"),
+            msg("", "a", "2"),
+            msg("missing", "", "lost"),
+            msg("", "nowhere", "unroutable"),
+            msg("fan", "", "3"),
+            msg("", "small", "s1"),
+            msg("", "small", "s2"),
+        ],
+    );
+    let routed: Vec<Result<usize, MessagingError>> = published
+        .iter()
+        .map(|r| r.as_ref().map(|p| p.routed).map_err(Clone::clone))
+        .collect();
+    assert_eq!(routed[..2], [Ok(2), Ok(1)]);
+    assert!(matches!(routed[2], Err(MessagingError::NotFound { .. })));
+    assert_eq!(
+        routed[3..],
+        [
+            Ok(0),
+            Ok(2),
+            Ok(1),
+            Err(MessagingError::QueueFull("small".into()))
+        ]
+    );
+    // One write per queue: every message a queue took waits for the same
+    // append, which holds as many consecutive offsets as it took messages.
+    let mut writes: Vec<(Arc<Log>, Vec<AppendInfo>)> = Vec::new();
+    for p in published.iter().flatten() {
+        for (log, info) in &p.pending.waits {
+            match writes.iter_mut().find(|(l, _)| Arc::ptr_eq(l, log)) {
+                Some((_, infos)) => infos.push(*info),
+                None => writes.push((log.clone(), vec![*info])),
+            }
+        }
+    }
+    let mut taken: Vec<usize> = writes
+        .iter()
+        .map(|(_, infos)| {
+            assert!(infos.iter().all(|i| *i == infos[0]), "{infos:?}");
+            assert_eq!(
+                infos[0].last_offset - infos[0].base_offset + 1,
+                infos.len() as i64
+            );
+            infos.len()
+        })
+        .collect();
+    taken.sort_unstable();
+    assert_eq!(taken, [1, 2, 3]);
+    for p in published.into_iter().flatten() {
+        p.pending.durable().await.unwrap();
+    }
+    assert_eq!(env.bodies("a"), ["1", "2", "3"]);
+    assert_eq!(env.bodies("b"), ["1", "3"]);
+    assert_eq!(env.bodies("small"), ["s1"]);
+}

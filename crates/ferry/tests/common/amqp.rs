@@ -15,6 +15,8 @@ pub const HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 pub struct Amqp {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Between `cork` and `uncork`: what is sent, to go out in one write.
+    corked: Option<Vec<u8>>,
 }
 
 /// How a handshake should go.
@@ -59,11 +61,27 @@ impl Amqp {
         Amqp {
             stream,
             buf: Vec::new(),
+            corked: None,
         }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
+        match &mut self.corked {
+            Some(held) => held.extend_from_slice(bytes),
+            None => self.stream.write_all(bytes).expect("send"),
+        }
+    }
+
+    /// Holds what is sent from now on until `uncork`, which sends it all in
+    /// one write, so that the server reads it together.
+    pub fn cork(&mut self) {
+        self.corked = Some(Vec::new());
+    }
+
+    pub fn uncork(&mut self) {
+        if let Some(held) = self.corked.take() {
+            self.stream.write_all(&held).expect("send");
+        }
     }
 
     pub fn send(&mut self, channel: u16, class: AMQPClass) {
