@@ -26,7 +26,7 @@ use ferry_core::alarm::ResourceAlarms;
 use ferry_core::connections::{Channel as ChannelInfo, Registration};
 use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
-    MessagingError, Published, Queue, QueueSpec, StreamOffset,
+    MessagingError, PendingDurability, Published, Queue, QueueSpec, StreamOffset,
 };
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -130,8 +130,16 @@ struct DeliveryQueue {
 struct ConfirmDone {
     channel: u16,
     generation: u64,
-    seq: u64,
+    seqs: Vec<u64>,
     ok: bool,
+}
+
+/// Publishes of one channel whose confirms wait for the same appends.
+struct ConfirmWait {
+    channel: u16,
+    generation: u64,
+    seqs: Vec<u64>,
+    pending: PendingDurability,
 }
 
 struct ConsumerEntry {
@@ -2439,6 +2447,9 @@ impl Conn {
             messages.push(h.msg);
         }
         let results = self.shared.messaging.publish_all(&self.vhost, messages);
+        // The publishes of a read to one queue share its append: their
+        // confirms wait together, one future for a run of them.
+        let mut waiting: Vec<ConfirmWait> = Vec::new();
         for ((channel, generation, seq, returned), result) in answers.into_iter().zip(results) {
             let Some(mut ch) = self.channels.remove(&channel) else {
                 continue;
@@ -2446,9 +2457,26 @@ impl Conn {
             let answered = if ch.generation == generation && !ch.closing {
                 self.on_published(&mut ch, seq, returned, result)
             } else {
-                Ok(())
+                Ok(None)
             };
             match answered {
+                Ok(Some((seq, pending))) => {
+                    match waiting.iter_mut().rev().find(|w| w.channel == channel) {
+                        Some(w) if w.generation == generation && w.pending.same_waits(&pending) => {
+                            w.seqs.push(seq);
+                        }
+                        _ => waiting.push(ConfirmWait {
+                            channel,
+                            generation,
+                            seqs: vec![seq],
+                            pending,
+                        }),
+                    }
+                    self.channels.insert(channel, ch);
+                }
+                Ok(None) => {
+                    self.channels.insert(channel, ch);
+                }
                 Err(e) if e.scope == Scope::Channel => {
                     self.close_channel(&mut ch, &e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1));
                     self.channels.insert(channel, ch);
@@ -2457,21 +2485,30 @@ impl Conn {
                     self.channels.insert(channel, ch);
                     self.on_error(e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1)).await;
                 }
-                Ok(()) => {
-                    self.channels.insert(channel, ch);
-                }
             }
+        }
+        for w in waiting {
+            self.confirms.push(Box::pin(async move {
+                let ok = w.pending.durable().await.is_ok();
+                ConfirmDone {
+                    channel: w.channel,
+                    generation: w.generation,
+                    seqs: w.seqs,
+                    ok,
+                }
+            }));
         }
     }
 
-    /// Answers one routed publish (see `publish_held`).
+    /// Answers one routed publish (see `publish_held`); returns its
+    /// confirm's sequence number and what it waits for if it must wait.
     fn on_published(
         &mut self,
         ch: &mut Channel,
         seq: Option<u64>,
         returned: Option<Returned>,
         result: Result<Published, MessagingError>,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<Option<(u64, PendingDurability)>, AmqpError> {
         match result {
             Ok(published) => {
                 if published.routed == 0
@@ -2479,31 +2516,21 @@ impl Conn {
                 {
                     self.basic_return(ch.id, &r);
                 }
-                if let Some(seq) = seq {
-                    let (channel, generation) = (ch.id, ch.generation);
-                    let pending = published.pending;
-                    if pending.is_empty() {
+                match seq {
+                    Some(seq) if published.pending.is_empty() => {
                         self.confirm_now(ch, seq, true);
-                        return Ok(());
+                        Ok(None)
                     }
-                    self.confirms.push(Box::pin(async move {
-                        let ok = pending.durable().await.is_ok();
-                        ConfirmDone {
-                            channel,
-                            generation,
-                            seq,
-                            ok,
-                        }
-                    }));
+                    Some(seq) => Ok(Some((seq, published.pending))),
+                    None => Ok(None),
                 }
-                Ok(())
             }
             // x-overflow reject-publish: the publisher learns by a nack.
             Err(MessagingError::QueueFull(_)) => {
                 if let Some(seq) = seq {
                     self.confirm_now(ch, seq, false);
                 }
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(e.into()),
         }
@@ -2546,9 +2573,17 @@ impl Conn {
         let Some(mut ch) = self.channels.remove(&c.channel) else {
             return;
         };
-        if ch.generation == c.generation && !ch.closing && ch.outstanding.contains_key(&c.seq) {
-            ch.outstanding.insert(c.seq, Some(c.ok));
-            self.send_confirms(&mut ch);
+        if ch.generation == c.generation && !ch.closing {
+            let mut known = false;
+            for seq in c.seqs {
+                if let Some(state) = ch.outstanding.get_mut(&seq) {
+                    *state = Some(c.ok);
+                    known = true;
+                }
+            }
+            if known {
+                self.send_confirms(&mut ch);
+            }
         }
         self.channels.insert(c.channel, ch);
     }

@@ -284,6 +284,17 @@ impl PendingDurability {
     pub fn is_empty(&self) -> bool {
         self.waits.is_empty()
     }
+
+    /// Whether `other` waits for exactly the same appends (as the messages
+    /// of one `publish_all` to one queue do), so one wait serves both.
+    pub fn same_waits(&self, other: &PendingDurability) -> bool {
+        self.waits.len() == other.waits.len()
+            && self
+                .waits
+                .iter()
+                .zip(&other.waits)
+                .all(|((a, x), (b, y))| Arc::ptr_eq(a, b) && x == y)
+    }
 }
 
 /// Errors, each mapping to an AMQP reply code in the front end (noted).
