@@ -847,14 +847,15 @@ def targets_text(rows: list[dict], disk_med: float | None, cores: int) -> str:
     if small:
         single = [r for r in small if r["scenario"]["clients"] == 1] or small
         multi = [r for r in small if r["scenario"]["clients"] > 1]
-        for phase in ("produce", "consume"):
+        # Issue 6's targets: 1,000,000 records/s produced, 2,000,000 consumed.
+        for phase, target in (("produce", 1_000_000), ("consume", 2_000_000)):
             rates = [(r, med(r[phase]["records_per_s"])) for r in single]
-            hits = sum(1 for _, x in rates if x >= 1e6)
+            hits = sum(1 for _, x in rates if x >= target)
             best, rate = max(rates, key=lambda t: t[1])
-            verdict = "**met**" if rate >= 1e6 else "**not met**"
+            verdict = "**met**" if rate >= target else "**not met**"
             listing = "; ".join(f"{describe(r, phase)}: {x:,.0f}" for r, x in rates)
             cpu = [med(r[phase]["broker_cpu_s_per_m"]) for r in single]
-            text = (f"- **1,000,000 records/s of 100 B, {phase}, one kcat**: {verdict} in "
+            text = (f"- **{target:,} records/s of 100 B, {phase}, one kcat**: {verdict} in "
                     f"{hits} of {len(rates)} scenarios (medians in rec/s: {listing}). In the "
                     f"best, {busy_text(best, phase, cores)}. The broker spent "
                     f"{min(cpu):.2f}–{max(cpu):.2f} CPU s per million records, i.e. "
