@@ -158,6 +158,19 @@ impl Topic {
             .collect()
     }
 
+    /// The partitions held offline, with their indexes and why.
+    pub fn offline_partitions(&self) -> Vec<(i32, Arc<str>)> {
+        read_lock(&self.partitions)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Partition::Online(_) => None,
+                // At most PARTITIONS_PER_TOPIC_MAX partitions.
+                Partition::Offline(reason) => Some((i as i32, reason.clone())),
+            })
+            .collect()
+    }
+
     /// Whether partition `index` exists, online or not.
     pub fn has_partition(&self, index: i32) -> bool {
         usize::try_from(index).is_ok_and(|i| i < self.partition_count())

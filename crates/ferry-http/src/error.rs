@@ -58,6 +58,9 @@ impl From<CoreError> for ApiError {
                 ApiError::not_found(message)
             }
             CoreError::TopicExists(_) => ApiError::conflict(message),
+            CoreError::PartitionOffline { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             CoreError::InvalidTopicName { .. }
             | CoreError::InvalidPartitions(_)
             | CoreError::InvalidConfig { .. } => ApiError::bad_request(message),

@@ -25,21 +25,38 @@ fn topic_or_404(broker: &Broker, name: &str) -> Result<Arc<Topic>> {
         .ok_or_else(|| ApiError::not_found(format!("topic '{name}' does not exist")))
 }
 
-/// Per-partition offsets and sizes, of the partitions that are online.
+/// Per-partition offsets and sizes; a partition held offline (its log could
+/// not be opened at start) is listed with why, and no offsets.
 pub fn partitions_json(topic: &Topic) -> Vec<Value> {
-    topic
+    let mut out: Vec<(i32, Value)> = topic
         .partitions()
         .iter()
         .map(|(i, log)| {
-            json!({
+            let v = json!({
                 "partition": i,
+                "online": true,
                 "log_start_offset": log.log_start_offset(),
                 "high_watermark": log.high_watermark(),
                 "log_end_offset": log.log_end_offset(),
                 "size_bytes": log.size_bytes(),
-            })
+            });
+            (*i, v)
         })
-        .collect()
+        .collect();
+    for (i, reason) in topic.offline_partitions() {
+        let v = json!({
+            "partition": i,
+            "online": false,
+            "log_start_offset": null,
+            "high_watermark": null,
+            "log_end_offset": null,
+            "size_bytes": null,
+            "error": &*reason,
+        });
+        out.push((i, v));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, v)| v).collect()
 }
 
 fn summary(topic: &Topic) -> Value {

@@ -219,6 +219,25 @@ fn a_sealed_segment_that_cannot_be_walked_holds_its_partition_offline_not_the_se
         }
     }
 
+    // The admin API lists it as offline with the reason, and its message
+    // browser answers 503 rather than a bare 500.
+    let (status, body) = http_get(server.http(), "/api/topics/damaged");
+    assert_eq!(status, 200, "{body}");
+    let topic: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = &topic["partitions"][0];
+    assert_eq!(p["online"], false, "{body}");
+    assert!(p["high_watermark"].is_null(), "{body}");
+    assert!(p["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    let (status, body) = http_get(server.http(), "/api/topics/damaged/partitions/0/records");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"unavailable\"") && body.contains("offline"),
+        "{body}"
+    );
+    let (_, body) = http_get(server.http(), "/api/topics/healthy");
+    let topic: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(topic["partitions"][0]["online"], true, "{body}");
+
     // One error line names the partition, the file and the byte, and says
     // what to do.
     server.wait_for_log("partition held offline");
@@ -272,4 +291,20 @@ fn a_sealed_segment_that_cannot_be_walked_holds_its_partition_offline_not_the_se
         api::produce(&mut client, "damaged", 0, after),
         (0, BATCHES * RECORDS_PER_BATCH)
     );
+}
+
+/// A GET to the admin API: the status and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }

@@ -169,8 +169,8 @@ const pages = {
       h("div", { class: "muted" }, `next offset ${pageOf.next_offset}, high watermark ${pageOf.high_watermark}`));
     };
     page.append(h("h1", {}, `Topic ${topicName}`),
-      table(["partition", "log start", "high watermark", "log end", "bytes"],
-        t.partitions.map((p) => [num(p.partition), num(p.log_start_offset), num(p.high_watermark), num(p.log_end_offset), num(p.size_bytes)]),
+      table(["partition", "status", "log start", "high watermark", "log end", "bytes"],
+        t.partitions.map((p) => [num(p.partition), p.online ? "online" : `offline: ${p.error}`, num(p.log_start_offset), num(p.high_watermark), num(p.log_end_offset), num(p.size_bytes)]),
         { id: "partitions-table" }),
       h("h2", {}, "Messages"),
       h("form", { id: "browse", onsubmit: (e) => browse(e).catch((err) => showError(err.message)) },
