@@ -39,7 +39,9 @@ use crate::auth::{self, AuthFailure, MECHANISMS};
 use crate::content::Assembly;
 use crate::credit::Credit;
 use crate::errors::*;
-use crate::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Method};
+use crate::frame::{
+    self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, HotMethod, Method,
+};
 use crate::frame::{FrameReader, PROTOCOL_HEADER, RawFrame, ReadError};
 use crate::props::{self, Props};
 use crate::table;
@@ -185,6 +187,21 @@ impl Returned {
             body: msg.body.clone(),
         })
     }
+}
+
+/// basic.publish: the channel assembles the content that follows.
+fn start_publish(
+    ch: &mut Channel,
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    immediate: bool,
+) -> Result<(), AmqpError> {
+    if immediate {
+        return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
+    }
+    ch.assembly = Some(Assembly::new(exchange, routing_key, mandatory));
+    Ok(())
 }
 
 /// Whether a message goes to a direct reply-to address (`amq.rabbitmq.reply-to.*`
@@ -1369,6 +1386,26 @@ impl Conn {
                     };
                     return Err(AmqpError::connection(UNEXPECTED_FRAME, what).at(60, 40));
                 }
+                match frame::parse_hot(&f.payload) {
+                    Some(HotMethod::Publish {
+                        exchange,
+                        routing_key,
+                        mandatory,
+                        immediate,
+                    }) => {
+                        return start_publish(ch, exchange, routing_key, mandatory, immediate)
+                            .map_err(|e| e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1));
+                    }
+                    Some(HotMethod::Ack {
+                        delivery_tag,
+                        multiple,
+                    }) => {
+                        return self
+                            .settle(ch, delivery_tag, multiple, Settle::Ack)
+                            .map_err(|e| e.at(60, 80));
+                    }
+                    None => {}
+                }
                 let m = frame::parse_method(&f.payload)?;
                 let (c, mid) = (m.class_id, m.method_id);
                 self.on_channel_method(ch, m)
@@ -1889,17 +1926,13 @@ impl Conn {
                 }
                 Ok(())
             }
-            basic::AMQPMethod::Publish(p) => {
-                if p.immediate {
-                    return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true"));
-                }
-                ch.assembly = Some(Assembly::new(
-                    s_of(&p.exchange),
-                    s_of(&p.routing_key),
-                    p.mandatory,
-                ));
-                Ok(())
-            }
+            basic::AMQPMethod::Publish(p) => start_publish(
+                ch,
+                s_of(&p.exchange),
+                s_of(&p.routing_key),
+                p.mandatory,
+                p.immediate,
+            ),
             basic::AMQPMethod::Get(g) => {
                 let q = self.queue_name(ch, g.queue.as_str())?;
                 self.permit(Resource::queue(&self.vhost, &q), Permission::Read)?;
