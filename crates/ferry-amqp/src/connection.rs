@@ -2492,6 +2492,7 @@ impl Conn {
             } else {
                 Ok(None)
             };
+            let mut connection_error = None;
             match answered {
                 Ok(Some((seq, pending))) => {
                     match waiting.iter_mut().rev().find(|w| w.channel == channel) {
@@ -2505,19 +2506,16 @@ impl Conn {
                             pending,
                         }),
                     }
-                    self.channels.insert(channel, ch);
                 }
-                Ok(None) => {
-                    self.channels.insert(channel, ch);
-                }
+                Ok(None) => {}
                 Err(e) if e.scope == Scope::Channel => {
                     self.close_channel(&mut ch, &e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1));
-                    self.channels.insert(channel, ch);
                 }
-                Err(e) => {
-                    self.channels.insert(channel, ch);
-                    self.on_error(e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1)).await;
-                }
+                Err(e) => connection_error = Some(e.at(BASIC_PUBLISH.0, BASIC_PUBLISH.1)),
+            }
+            self.channels.insert(channel, ch);
+            if let Some(e) = connection_error {
+                self.on_error(e).await;
             }
         }
         for w in waiting {

@@ -47,12 +47,19 @@ fn body_of_get(c: &mut Amqp, ch: u16) -> Option<Vec<u8>> {
     Some(body)
 }
 
-#[test]
-fn publishes_read_together_are_routed_before_the_next_method_and_stop_at_a_channel_error() {
+/// A fresh server and a connection to it with channel 1 open (the
+/// directory and server live as long as the caller keeps them).
+fn connected() -> (tempfile::TempDir, Server, Amqp) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let mut c = Amqp::handshake(server.amqp(), &Login::default());
     c.open_channel(1);
+    (dir, server, c)
+}
+
+#[test]
+fn publishes_read_together_are_routed_before_the_next_method_and_stop_at_a_channel_error() {
+    let (_dir, _server, mut c) = connected();
     let q = c.declare_queue(1, "held");
 
     // A basic.get read with the publishes before it sees them.
@@ -90,10 +97,7 @@ fn publishes_read_together_are_routed_before_the_next_method_and_stop_at_a_chann
 
 #[test]
 fn publishes_read_together_are_each_confirmed_or_returned() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let mut c = Amqp::handshake(server.amqp(), &Login::default());
-    c.open_channel(1);
+    let (_dir, _server, mut c) = connected();
     match c.call(
         1,
         AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
