@@ -28,6 +28,7 @@ use ferry_core::messaging::{
     ConsumerSpec, DelayedRouting, Delivery, ExchangeKind, ExchangeSpec, FieldValue, Message,
     MessagingError, PendingDurability, Published, Queue, QueueSpec, StreamOffset,
 };
+use ferry_core::metrics::RequestMeter;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,7 +298,9 @@ struct Conn {
     channel_max: u16,
     heartbeat_s: u16,
     caps: ClientCaps,
-    channels: HashMap<u16, Channel>,
+    /// Boxed: a channel is taken out of the map while a frame is handled
+    /// and put back, a move per frame that should not copy the whole struct.
+    channels: HashMap<u16, Box<Channel>>,
     next_generation: u64,
     out: BytesMut,
     wrote_since_tick: bool,
@@ -337,6 +340,8 @@ struct Conn {
     /// Publishes whose content is complete, held back to be routed together
     /// by `publish_held`: every queue then gets one write for all of them.
     held: Vec<Held>,
+    /// The per-method request metrics, counted once per method frame.
+    meter: RequestMeter,
     /// This connection in the broker's registry (admin API): traffic,
     /// identity, channels, and an operator's request to close it.
     registration: Registration,
@@ -413,6 +418,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let writer_task = tokio::spawn(write_loop(wr, writer_rx));
     let (deliveries_tx, deliveries) = mpsc::channel(DELIVERY_QUEUE_MAX);
     let (replies_tx, replies) = mpsc::channel(DIRECT_REPLY_QUEUE_MAX);
+    let meter = shared.config.metrics.request_meter("amqp");
     let mut conn = Conn {
         id: shared.next_connection_id(),
         frame_max: shared.config.frame_max,
@@ -453,6 +459,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         write_permitted: HashSet::new(),
         journal_owed: Vec::new(),
         held: Vec::new(),
+        meter,
         registration,
     };
     let opened = conn.handshake().await;
@@ -1013,7 +1020,7 @@ impl Conn {
                 // The connection's own time on the method: a confirm's
                 // fsync is waited for elsewhere, after this.
                 let elapsed = started.elapsed();
-                self.config().metrics.request("amqp", name, elapsed);
+                self.meter.record(name, elapsed);
             }
         }
         self.publish_held().await;
@@ -1324,7 +1331,7 @@ impl Conn {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let mut ch = Channel::new(id, generation);
+        let mut ch = Box::new(Channel::new(id, generation));
         self.report_channel(&mut ch);
         self.channels.insert(id, ch);
         self.send_method(

@@ -43,6 +43,41 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
 }
 
+/// The request counters of one connection. `Metrics::request` finds its
+/// counter and histogram by hashing the labels under the families' lock;
+/// an AMQP connection answers a method per message, of a handful of kinds,
+/// so it keeps the handles of the kinds it has seen (the same shared
+/// series: a scrape sees no difference).
+#[derive(Debug)]
+pub struct RequestMeter {
+    protocol: &'static str,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: HistogramFamily,
+    seen: Vec<(&'static str, Counter, Histogram)>,
+}
+
+impl RequestMeter {
+    /// One request named `request` answered after `elapsed`.
+    pub fn record(&mut self, request: &'static str, elapsed: Duration) {
+        let at = match self.seen.iter().position(|(name, ..)| *name == request) {
+            Some(at) => at,
+            None => {
+                let labels = RequestLabels {
+                    protocol: self.protocol,
+                    request: Cow::Borrowed(request),
+                };
+                let counter = self.requests.get_or_create(&labels).clone();
+                let histogram = self.request_seconds.get_or_create(&labels).clone();
+                self.seen.push((request, counter, histogram));
+                self.seen.len() - 1
+            }
+        };
+        let (_, counter, histogram) = &self.seen[at];
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// Traffic counters of one broker.
 #[derive(Debug)]
 pub struct Metrics {
@@ -125,6 +160,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A meter for one connection's requests of `protocol` whose names are
+    /// constants: it keeps the handles it has looked up.
+    pub fn request_meter(&self, protocol: &'static str) -> RequestMeter {
+        RequestMeter {
+            protocol,
+            requests: self.requests.clone(),
+            request_seconds: self.request_seconds.clone(),
+            seen: Vec::new(),
+        }
+    }
+
     /// A group-commit fsync took `elapsed` and made `records` durable.
     pub fn fsync(&self, elapsed: Duration, records: u64) {
         self.fsync_seconds.observe(elapsed.as_secs_f64());
@@ -204,6 +250,10 @@ mod tests {
         m.records_in("orders", 0, 5, 200);
         m.records_out("orders", 0, 3, 100);
         m.request("kafka", "Produce", Duration::from_millis(2));
+        let mut meter = m.request_meter("amqp");
+        meter.record("basic.publish", Duration::from_millis(1));
+        meter.record("basic.publish", Duration::from_millis(1));
+        m.request("amqp", "basic.publish", Duration::from_millis(1));
         assert_eq!(m.record_totals(), (15, 3));
         let mut registry = Registry::default();
         m.register(&mut registry);
@@ -217,5 +267,13 @@ mod tests {
             text.contains(r#"ferry_partition_bytes_in_total{topic="orders",partition="0"} 700"#)
         );
         assert!(text.contains(r#"ferry_requests_total{protocol="kafka",request="Produce"} 1"#));
+        // A meter's counts land in the same series as `request`'s.
+        assert!(
+            text.contains(r#"ferry_requests_total{protocol="amqp",request="basic.publish"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"ferry_request_duration_seconds_count{protocol="amqp",request="basic.publish"} 3"#
+        ));
     }
 }
