@@ -291,10 +291,10 @@ type QueueAndOwner = (Arc<QueueInner>, Option<(Arc<Vhost>, String)>);
 /// the time each releases it.
 type Destinations = (Vec<Arc<Queue>>, Vec<(Arc<QueueInner>, i64)>);
 
-/// Where routing ended: queue names, and whether a delayed exchange took it.
-#[derive(Debug, Default)]
+/// Where routing ended: the queues, and the delayed exchanges that took it.
+#[derive(Default)]
 struct Route {
-    queues: Vec<String>,
+    queues: Vec<Arc<Queue>>,
     delayed: Vec<(Arc<QueueInner>, i64)>,
 }
 
@@ -1197,27 +1197,36 @@ impl Shared {
     /// exchanges for exchanges that match nothing, delayed exchanges keep
     /// messages with a positive `x-delay` (except `undelayed`, whose delay
     /// has passed).
-    fn route(
-        topo: &Topology,
-        start: &str,
-        keys: &[String],
+    fn route<'a>(
+        topo: &'a Topology,
+        start: &'a str,
+        keys: &'a [String],
         headers: &[(String, FieldValue)],
         undelayed: Option<&str>,
         now: i64,
     ) -> Route {
         let mut route = Route::default();
-        let mut seen_queues = HashSet::new();
-        let mut visited: HashSet<String> = HashSet::new();
-        let mut stack = vec![start.to_string()];
+        // Names are borrowed from the topology and the message: a walk
+        // allocates no strings, and ends with the queues themselves.
+        let mut seen_queues: HashSet<&str> = HashSet::new();
+        let mut take = |name: &'a str, queues: &mut Vec<Arc<Queue>>| {
+            if let Some(q) = topo.queues.get(name)
+                && seen_queues.insert(name)
+            {
+                queues.push(Arc::clone(q));
+            }
+        };
+        let mut visited: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&str> = vec![start];
         while let Some(name) = stack.pop() {
-            if visited.len() >= ROUTE_EXCHANGES_MAX || !visited.insert(name.clone()) {
+            if visited.len() >= ROUTE_EXCHANGES_MAX || !visited.insert(name) {
                 continue;
             }
-            let Some(x) = topo.exchanges.get(&name) else {
+            let Some(x) = topo.exchanges.get(name) else {
                 continue;
             };
             if let (ExchangeKind::Delayed(_), Some(store)) = (x.spec.kind, &x.store)
-                && undelayed != Some(name.as_str())
+                && undelayed != Some(name)
                 && let Some(delay) = lookup(headers, "x-delay").and_then(as_int)
                 && delay > 0
             {
@@ -1226,31 +1235,25 @@ impl Shared {
                     .push((store.clone(), now.saturating_add(delay)));
                 continue;
             }
-            let mut dests: Vec<&Dest> = Vec::new();
             if name.is_empty() {
                 for k in keys {
-                    if topo.queues.contains_key(k) && seen_queues.insert(k.clone()) {
-                        route.queues.push(k.clone());
-                    }
+                    take(k, &mut route.queues);
                 }
                 continue;
             }
+            let mut dests: Vec<&Dest> = Vec::new();
             for k in keys {
                 x.bindings.route(k, headers, &mut dests);
             }
             let matched = !dests.is_empty();
             for d in dests {
                 match d {
-                    Dest::Queue(q) => {
-                        if topo.queues.contains_key(q) && seen_queues.insert(q.clone()) {
-                            route.queues.push(q.clone());
-                        }
-                    }
-                    Dest::Exchange(e) => stack.push(e.clone()),
+                    Dest::Queue(q) => take(q, &mut route.queues),
+                    Dest::Exchange(e) => stack.push(e),
                 }
             }
             if !matched && let Some(ae) = &x.alternate {
-                stack.push(ae.clone());
+                stack.push(ae);
             }
         }
         route
@@ -1333,12 +1336,7 @@ impl Shared {
             message.headers.retain(|(k, _)| k != "BCC");
         }
         let route = Self::route(topo, &message.exchange, &keys, &message.headers, None, now);
-        let queues = route
-            .queues
-            .iter()
-            .filter_map(|q| topo.queues.get(q).cloned())
-            .collect();
-        Ok((queues, route.delayed))
+        Ok((route.queues, route.delayed))
     }
 
     /// Refuses a publish to an exchange that does not exist or is internal.
@@ -1551,9 +1549,8 @@ impl Shared {
                 let route = Self::route(&topo, &dlx, &keys, &m.headers, None, now);
                 route
                     .queues
-                    .iter()
-                    .filter(|q| !is_cycle(&m.deaths, q))
-                    .filter_map(|q| topo.queues.get(q).cloned())
+                    .into_iter()
+                    .filter(|q| !is_cycle(&m.deaths, &q.inner.cfg.name))
                     .collect()
             };
             if let Some(Err(e)) = self.deliver_all(&[(&m, queues)], now).pop()
@@ -1652,12 +1649,7 @@ impl Shared {
             keys.extend(extra_keys(&m.headers, "CC"));
             let queues: Vec<Arc<Queue>> = {
                 let topo = v.read();
-                let route = Self::route(&topo, exchange, &keys, &m.headers, Some(exchange), now);
-                route
-                    .queues
-                    .iter()
-                    .filter_map(|q| topo.queues.get(q).cloned())
-                    .collect()
+                Self::route(&topo, exchange, &keys, &m.headers, Some(exchange), now).queues
             };
             if let Some(Err(e)) = self.deliver_all(&[(&m, queues)], now).pop()
                 && !matches!(e, MessagingError::QueueFull(_))
