@@ -31,6 +31,7 @@ use ferry_core::messaging::{
 use ferry_core::metrics::RequestMeter;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use rustc_hash::FxHashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -300,7 +301,7 @@ struct Conn {
     caps: ClientCaps,
     /// Boxed: a channel is taken out of the map while a frame is handled
     /// and put back, a move per frame that should not copy the whole struct.
-    channels: HashMap<u16, Box<Channel>>,
+    channels: FxHashMap<u16, Box<Channel>>,
     next_generation: u64,
     out: BytesMut,
     wrote_since_tick: bool,
@@ -318,7 +319,7 @@ struct Conn {
     replies: mpsc::Receiver<DirectReply>,
     confirms: FuturesUnordered<BoxFuture<'static, ConfirmDone>>,
     /// consumer id → (channel, client's consumer tag)
-    consumer_index: HashMap<u64, (u16, String)>,
+    consumer_index: FxHashMap<u64, (u16, String)>,
     next_consumer: u64,
     /// Set once connection.close went out: the time we give up waiting.
     closing: Option<Instant>,
@@ -430,7 +431,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         user: String::new(),
         vhost: String::new(),
         caps: ClientCaps::default(),
-        channels: HashMap::new(),
+        channels: FxHashMap::default(),
         next_generation: 1,
         out: BytesMut::with_capacity(64 * 1024),
         wrote_since_tick: false,
@@ -448,7 +449,7 @@ pub(crate) async fn run(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         replies_tx,
         replies,
         confirms: FuturesUnordered::new(),
-        consumer_index: HashMap::new(),
+        consumer_index: FxHashMap::default(),
         next_consumer: 1,
         closing: None,
         done: false,

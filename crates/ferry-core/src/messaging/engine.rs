@@ -8,6 +8,8 @@
 //! theirs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
@@ -1208,23 +1210,25 @@ impl Shared {
         let mut route = Route::default();
         // Names are borrowed from the topology and the message: a walk
         // allocates no strings, and ends with the queues themselves.
-        let mut seen_queues: HashSet<&str> = HashSet::new();
+        // Queues and exchanges are told apart by address, not by their
+        // client-chosen names, so the sets can use a fast hasher.
+        let mut seen_queues: FxHashSet<*const Queue> = FxHashSet::default();
         let mut take = |name: &'a str, queues: &mut Vec<Arc<Queue>>| {
             if let Some(q) = topo.queues.get(name)
-                && seen_queues.insert(name)
+                && seen_queues.insert(Arc::as_ptr(q))
             {
                 queues.push(Arc::clone(q));
             }
         };
-        let mut visited: HashSet<&str> = HashSet::new();
+        let mut visited: FxHashSet<*const ExchangeState> = FxHashSet::default();
         let mut stack: Vec<&str> = vec![start];
         while let Some(name) = stack.pop() {
-            if visited.len() >= ROUTE_EXCHANGES_MAX || !visited.insert(name) {
-                continue;
-            }
             let Some(x) = topo.exchanges.get(name) else {
                 continue;
             };
+            if visited.len() >= ROUTE_EXCHANGES_MAX || !visited.insert(std::ptr::from_ref(x)) {
+                continue;
+            }
             if let (ExchangeKind::Delayed(_), Some(store)) = (x.spec.kind, &x.store)
                 && undelayed != Some(name)
                 && let Some(delay) = lookup(headers, "x-delay").and_then(as_int)
@@ -1413,7 +1417,7 @@ impl Shared {
         let metas: Vec<Meta> = routed.iter().map(|(m, _)| Meta::of(m, None)).collect();
         // Each queue, in the order first routed to, with its messages.
         let mut by_queue: Vec<(&Arc<Queue>, Vec<usize>)> = Vec::new();
-        let mut slot: HashMap<*const Queue, usize> = HashMap::new();
+        let mut slot: FxHashMap<*const Queue, usize> = FxHashMap::default();
         for (i, (_, queues)) in routed.iter().enumerate() {
             for q in queues {
                 let s = *slot.entry(Arc::as_ptr(q)).or_insert_with(|| {

@@ -21,6 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rustc_hash::FxHashMap;
+
 use super::sets::RangeSet;
 
 pub(crate) const JOURNAL_FILE: &str = "state.journal";
@@ -46,7 +48,7 @@ pub(crate) const FLAG_INDEXED: u64 = 1;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct JournalState {
     pub settled: RangeSet,
-    pub delivered: HashMap<u64, u32>,
+    pub delivered: FxHashMap<u64, u32>,
     pub flags: u64,
     /// Visibility deadlines (ms since the epoch) of unsettled offsets.
     pub hidden: HashMap<u64, i64>,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_log::records::{StoredRecord, decode_batch, split_batches};
 use ferry_log::{AppendInfo, Clock, FsyncPolicy, Log, LogConfig};
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use super::args::{QueueArgs, rs};
@@ -150,9 +151,9 @@ pub(crate) struct State {
     /// Visibility deadlines of in-flight deliveries (stale entries are
     /// skipped: the in-flight entry's own deadline decides).
     deadlines: BTreeSet<(i64, u64)>,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: FxHashMap<u64, InFlight>,
     in_flight_bytes: u64,
-    counts: HashMap<u64, u32>,
+    counts: FxHashMap<u64, u32>,
     unsettled: u64,
     unsettled_bytes: u64,
     readahead: VecDeque<(u64, u64, Bytes)>,
@@ -333,7 +334,7 @@ impl QueueInner {
                 delayed: BTreeSet::new(),
                 expiries: BTreeSet::new(),
                 deadlines: BTreeSet::new(),
-                in_flight: HashMap::new(),
+                in_flight: FxHashMap::default(),
                 in_flight_bytes: 0,
                 counts: js.delivered,
                 unsettled,
@@ -402,9 +403,9 @@ impl QueueInner {
                 delayed: BTreeSet::new(),
                 expiries: BTreeSet::new(),
                 deadlines: BTreeSet::new(),
-                in_flight: HashMap::new(),
+                in_flight: FxHashMap::default(),
                 in_flight_bytes: 0,
-                counts: HashMap::new(),
+                counts: FxHashMap::default(),
                 unsettled: 0,
                 unsettled_bytes: 0,
                 readahead: VecDeque::new(),
