@@ -197,6 +197,9 @@ pub(crate) struct TestHooks {
     pub fail_next_sync: std::sync::atomic::AtomicBool,
     pub fail_next_write: std::sync::atomic::AtomicBool,
     pub syncs: std::sync::atomic::AtomicU64,
+    /// The next group commit finds another fsync of the log (a queue timer's
+    /// `flush`) ending just before it captures what to fsync.
+    pub flush_before_capture: std::sync::atomic::AtomicBool,
     /// Bytes of each segment file that are on disk for certain: its length
     /// when an fsync of it began that then succeeded (or when it was opened,
     /// or its directory entry fsynced after creation). A simulated power
@@ -677,14 +680,29 @@ impl Log {
                 guard: Some(guard),
                 ended: &self.sync_ended,
             };
-            // Whoever held the lock before may have covered this append already.
-            if let Some(settled) = self.durability_for(info, strict) {
-                return settled;
+            #[cfg(test)]
+            if self
+                .hooks
+                .flush_before_capture
+                .swap(false, Ordering::SeqCst)
+            {
+                self.flush()?;
             }
-            let Some(point) = self.capture_sync() else {
-                // Pending, yet nothing is written past the durable mark: the
-                // append is not in this log.
-                return Err(LogError::NotDurable);
+            // Whoever held the lock before, or a flush outside group commit
+            // (a queue's timer), may have covered this append already. The
+            // look and the capture share one lock: between two, a flush
+            // could cover the append and leave nothing to capture.
+            let point = {
+                let inner = self.lock();
+                if let Some(settled) = self.durability_locked(&inner, info, strict) {
+                    return settled;
+                }
+                let Some(point) = Self::capture_locked(&inner) else {
+                    // Pending, yet nothing is written past the durable mark:
+                    // the append is not in this log.
+                    return Err(LogError::NotDurable);
+                };
+                point
             };
             // The blocking job both fsyncs and accounts for the outcome, so that
             // dropping this future (a client hanging up) cannot lose a failure.
@@ -1152,7 +1170,15 @@ impl Log {
     /// for an fsync. With `strict`, only an fsync settles an append, whatever
     /// the policy; otherwise policies other than `Always` settle it at once.
     fn durability_for(&self, info: &AppendInfo, strict: bool) -> Option<Result<(), LogError>> {
-        let inner = self.lock();
+        self.durability_locked(&self.lock(), info, strict)
+    }
+
+    fn durability_locked(
+        &self,
+        inner: &Inner,
+        info: &AppendInfo,
+        strict: bool,
+    ) -> Option<Result<(), LogError>> {
         if info.generation == inner.generation {
             let covered = info.last_offset < inner.durable.next_offset;
             if covered || (!strict && inner.config.fsync != FsyncPolicy::Always) {

@@ -945,6 +945,24 @@ async fn group_commit_shares_fsyncs_among_concurrent_appenders() {
     assert_eq!(headers_of(&read).len(), TASKS * APPENDS_PER_TASK);
 }
 
+/// A queue's timer fsyncs its log with `flush`, outside group commit. A
+/// waiter whose append that flush covers while the waiter is deciding what
+/// to fsync must be told it is durable, not `NotDurable` (which a publisher
+/// saw as a spurious basic.nack, a few per million messages).
+#[tokio::test]
+async fn a_waiter_covered_by_a_concurrent_flush_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), config(FsyncPolicy::Never), &clock());
+    let info = log.append(&make_batch(1, T0, b"a")).expect("append");
+    log.hooks.flush_before_capture.store(true, Ordering::SeqCst);
+    log.wait_synced(&info).await.expect("durable");
+    assert!(log.is_synced());
+    assert!(
+        !log.hooks.flush_before_capture.load(Ordering::SeqCst),
+        "the flush ran"
+    );
+}
+
 #[tokio::test]
 async fn never_and_interval_make_batches_visible_when_written() {
     for policy in [
