@@ -3,7 +3,7 @@
 //! the catalog journal, and the way RabbitMQ prints values in its
 //! "inequivalent arg" errors.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
 
 use super::FieldValue;
@@ -53,9 +53,11 @@ impl Reader {
         Reader { buf }
     }
 
+    // Reading moves the start of `buf` (`Buf::advance`); re-slicing instead
+    // would clone and drop the shared buffer, two atomic operations per byte.
     pub fn u8(&mut self) -> Option<u8> {
         let b = *self.buf.first()?;
-        self.buf = self.buf.slice(1..);
+        self.buf.advance(1);
         Some(b)
     }
 
@@ -81,9 +83,7 @@ impl Reader {
         if len > self.buf.len() {
             return None;
         }
-        let out = self.buf.slice(..len);
-        self.buf = self.buf.slice(len..);
-        Some(out)
+        Some(self.buf.split_to(len))
     }
 
     pub fn string(&mut self) -> Option<String> {
@@ -152,7 +152,7 @@ fn decode_value_at(r: &mut Reader, depth: usize) -> Option<FieldValue> {
             }
             let mut a = [0u8; 8];
             a.copy_from_slice(&r.buf[..8]);
-            r.buf = r.buf.slice(8..);
+            r.buf.advance(8);
             FieldValue::Float(f64::from_bits(u64::from_le_bytes(a)))
         }
         T_STR => FieldValue::Str(r.bytes()?),
