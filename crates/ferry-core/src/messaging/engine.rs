@@ -300,6 +300,32 @@ struct Route {
     delayed: Vec<(Arc<QueueInner>, i64)>,
 }
 
+/// What a route walk uses besides its answer, kept across the walks of a
+/// batch of publishes so that routing each allocates nothing new. Queues and
+/// exchanges are told apart by address, not by their client-chosen names,
+/// so the sets can use a fast hasher; names are borrowed from the topology.
+#[derive(Default)]
+struct RouteScratch<'t> {
+    seen_queues: FxHashSet<*const Queue>,
+    visited: FxHashSet<*const ExchangeState>,
+    stack: Vec<&'t str>,
+    dests: Vec<&'t Dest>,
+}
+
+/// Adds the queue named `name`, if it exists and is not there yet.
+fn take_queue(
+    topo: &Topology,
+    name: &str,
+    seen: &mut FxHashSet<*const Queue>,
+    queues: &mut Vec<Arc<Queue>>,
+) {
+    if let Some(q) = topo.queues.get(name)
+        && seen.insert(Arc::as_ptr(q))
+    {
+        queues.push(Arc::clone(q));
+    }
+}
+
 impl Shared {
     pub fn open(
         data_dir: PathBuf,
@@ -1199,29 +1225,29 @@ impl Shared {
     /// exchanges for exchanges that match nothing, delayed exchanges keep
     /// messages with a positive `x-delay` (except `undelayed`, whose delay
     /// has passed).
-    fn route<'a>(
-        topo: &'a Topology,
-        start: &'a str,
-        keys: &'a [String],
+    fn route<'t>(
+        topo: &'t Topology,
+        start: &str,
+        keys: &[String],
         headers: &[(String, FieldValue)],
         undelayed: Option<&str>,
         now: i64,
+        scratch: &mut RouteScratch<'t>,
     ) -> Route {
         let mut route = Route::default();
-        // Names are borrowed from the topology and the message: a walk
-        // allocates no strings, and ends with the queues themselves.
-        // Queues and exchanges are told apart by address, not by their
-        // client-chosen names, so the sets can use a fast hasher.
-        let mut seen_queues: FxHashSet<*const Queue> = FxHashSet::default();
-        let mut take = |name: &'a str, queues: &mut Vec<Arc<Queue>>| {
-            if let Some(q) = topo.queues.get(name)
-                && seen_queues.insert(Arc::as_ptr(q))
-            {
-                queues.push(Arc::clone(q));
-            }
+        let RouteScratch {
+            seen_queues,
+            visited,
+            stack,
+            dests,
+        } = scratch;
+        seen_queues.clear();
+        visited.clear();
+        stack.clear();
+        let Some((start, _)) = topo.exchanges.get_key_value(start) else {
+            return route;
         };
-        let mut visited: FxHashSet<*const ExchangeState> = FxHashSet::default();
-        let mut stack: Vec<&str> = vec![start];
+        stack.push(start);
         while let Some(name) = stack.pop() {
             let Some(x) = topo.exchanges.get(name) else {
                 continue;
@@ -1239,20 +1265,20 @@ impl Shared {
                     .push((store.clone(), now.saturating_add(delay)));
                 continue;
             }
+            dests.clear();
             if name.is_empty() {
                 for k in keys {
-                    take(k, &mut route.queues);
+                    take_queue(topo, k, seen_queues, &mut route.queues);
                 }
                 continue;
             }
-            let mut dests: Vec<&Dest> = Vec::new();
             for k in keys {
-                x.bindings.route(k, headers, &mut dests);
+                x.bindings.route(k, headers, dests);
             }
             let matched = !dests.is_empty();
-            for d in dests {
+            for d in dests.drain(..) {
                 match d {
-                    Dest::Queue(q) => take(q, &mut route.queues),
+                    Dest::Queue(q) => take_queue(topo, q, seen_queues, &mut route.queues),
                     Dest::Exchange(e) => stack.push(e),
                 }
             }
@@ -1283,9 +1309,10 @@ impl Shared {
         let now = self.now_ms();
         let routes: Vec<Result<Destinations, MessagingError>> = {
             let topo = v.read();
+            let mut scratch = RouteScratch::default();
             messages
                 .iter_mut()
-                .map(|m| Self::route_publish(&topo, vhost, m, now))
+                .map(|m| Self::route_publish(&topo, vhost, m, now, &mut scratch))
                 .collect()
         };
         self.ensure_timers();
@@ -1322,24 +1349,41 @@ impl Shared {
     /// to), refusing a missing or internal exchange. Stamps the publish
     /// time and takes `BCC` out of the headers, which route but are never
     /// delivered.
-    fn route_publish(
-        topo: &Topology,
+    fn route_publish<'t>(
+        topo: &'t Topology,
         vhost: &str,
         message: &mut Message,
         now: i64,
+        scratch: &mut RouteScratch<'t>,
     ) -> Result<Destinations, MessagingError> {
         if message.published_ms == 0 {
             message.published_ms = now;
         }
         Self::publishable(topo, vhost, &message.exchange)?;
-        let mut keys = vec![message.routing_key.clone()];
-        keys.extend(extra_keys(&message.headers, "CC"));
+        let mut extra = extra_keys(&message.headers, "CC");
         let bcc = extra_keys(&message.headers, "BCC");
         if !bcc.is_empty() {
-            keys.extend(bcc);
+            extra.extend(bcc);
             message.headers.retain(|(k, _)| k != "BCC");
         }
-        let route = Self::route(topo, &message.exchange, &keys, &message.headers, None, now);
+        let with_extra: Vec<String>;
+        let keys = if extra.is_empty() {
+            std::slice::from_ref(&message.routing_key)
+        } else {
+            with_extra = std::iter::once(message.routing_key.clone())
+                .chain(extra)
+                .collect();
+            &with_extra
+        };
+        let route = Self::route(
+            topo,
+            &message.exchange,
+            keys,
+            &message.headers,
+            None,
+            now,
+            scratch,
+        );
         Ok((route.queues, route.delayed))
     }
 
@@ -1550,7 +1594,8 @@ impl Shared {
                 }
                 let mut keys = vec![m.routing_key.clone()];
                 keys.extend(extra_keys(&m.headers, "CC"));
-                let route = Self::route(&topo, &dlx, &keys, &m.headers, None, now);
+                let mut scratch = RouteScratch::default();
+                let route = Self::route(&topo, &dlx, &keys, &m.headers, None, now, &mut scratch);
                 route
                     .queues
                     .into_iter()
@@ -1653,7 +1698,18 @@ impl Shared {
             keys.extend(extra_keys(&m.headers, "CC"));
             let queues: Vec<Arc<Queue>> = {
                 let topo = v.read();
-                Self::route(&topo, exchange, &keys, &m.headers, Some(exchange), now).queues
+                let mut scratch = RouteScratch::default();
+                let undelayed = Some(exchange);
+                Self::route(
+                    &topo,
+                    exchange,
+                    &keys,
+                    &m.headers,
+                    undelayed,
+                    now,
+                    &mut scratch,
+                )
+                .queues
             };
             if let Some(Err(e)) = self.deliver_all(&[(&m, queues)], now).pop()
                 && !matches!(e, MessagingError::QueueFull(_))
