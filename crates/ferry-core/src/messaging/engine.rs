@@ -8,8 +8,6 @@
 //! theirs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{
@@ -18,6 +16,7 @@ use std::sync::{
 use std::time::Duration;
 
 use ferry_log::{Clock, FsyncPolicy, Log, LogConfig};
+use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use super::args::{self, QueueArgs, exchange_equivalence, kind_name, parse_queue_args, rs};
