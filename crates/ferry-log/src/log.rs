@@ -694,7 +694,7 @@ impl Log {
             // could cover the append and leave nothing to capture.
             let point = {
                 let inner = self.lock();
-                if let Some(settled) = self.durability_locked(&inner, info, strict) {
+                if let Some(settled) = Self::durability_locked(&inner, info, strict) {
                     return settled;
                 }
                 let Some(point) = Self::capture_locked(&inner) else {
@@ -1170,11 +1170,10 @@ impl Log {
     /// for an fsync. With `strict`, only an fsync settles an append, whatever
     /// the policy; otherwise policies other than `Always` settle it at once.
     fn durability_for(&self, info: &AppendInfo, strict: bool) -> Option<Result<(), LogError>> {
-        self.durability_locked(&self.lock(), info, strict)
+        Self::durability_locked(&self.lock(), info, strict)
     }
 
     fn durability_locked(
-        &self,
         inner: &Inner,
         info: &AppendInfo,
         strict: bool,
