@@ -84,6 +84,7 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthFailure> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use ferry_core::messaging::field_table;
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const REMOTE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
@@ -117,8 +118,8 @@ mod tests {
     fn amqplain() {
         let mut t = bytes::BytesMut::new();
         for (k, v) in [("LOGIN", "guest"), ("PASSWORD", "guest")] {
-            table::write_short_str(&mut t, k.as_bytes());
-            table::write_value(&mut t, &table::str_value(v));
+            field_table::write_short_str(&mut t, k.as_bytes());
+            field_table::write_value(&mut t, &table::str_value(v));
         }
         let a = AccessControl::default();
         assert_eq!(authenticate(&a, "AMQPLAIN", &t, LOCAL).unwrap(), "guest");

@@ -12,7 +12,7 @@
 use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame};
 use amq_protocol::protocol::{AMQPClass, parse_class};
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_core::messaging::FieldValue;
+use ferry_core::messaging::{FieldValue, field_table};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::errors::{AmqpError, FRAME_ERROR, NOT_IMPLEMENTED, SYNTAX_ERROR};
@@ -369,7 +369,7 @@ pub fn put_method(out: &mut BytesMut, channel: u16, class: AMQPClass) {
 }
 
 fn put_short_str(out: &mut BytesMut, s: &[u8]) {
-    table::write_short_str(out, s);
+    field_table::write_short_str(out, s);
 }
 
 fn begin(out: &mut BytesMut, kind: u8, channel: u16) -> usize {

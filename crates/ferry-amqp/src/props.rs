@@ -5,7 +5,7 @@
 //! `x-stream-offset`) is one field spliced, the rest copied byte for byte.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_core::messaging::{Death, DeathReason, FieldValue};
+use ferry_core::messaging::{Death, DeathReason, FieldValue, field_table};
 
 use crate::table::{self, Reader, TableError};
 
@@ -167,13 +167,13 @@ impl Props {
     /// The properties with `headers` as the headers table.
     pub fn with_headers(&self, headers: &[(String, FieldValue)]) -> Bytes {
         let mut t = BytesMut::new();
-        table::write_table(&mut t, headers);
+        field_table::write_table(&mut t, headers);
         self.with_field(HEADERS, Some(&t))
     }
 
     pub fn with_short_str(&self, i: usize, value: &[u8]) -> Bytes {
         let mut t = BytesMut::new();
-        table::write_short_str(&mut t, value);
+        field_table::write_short_str(&mut t, value);
         self.with_field(i, Some(&t))
     }
 }
@@ -334,12 +334,12 @@ mod tests {
         let mut out = BytesMut::new();
         let flags: u16 = (1 << 15) | (1 << 13) | (1 << 12) | (1 << 9) | (1 << 6) | (1 << 3);
         out.put_u16(flags);
-        table::write_short_str(&mut out, b"text/plain");
-        table::write_table(&mut out, &[("a".into(), table::str_value("b"))]);
+        field_table::write_short_str(&mut out, b"text/plain");
+        field_table::write_table(&mut out, &[("a".into(), table::str_value("b"))]);
         out.put_u8(2);
-        table::write_short_str(&mut out, b"r");
+        field_table::write_short_str(&mut out, b"r");
         out.put_u64(5);
-        table::write_short_str(&mut out, b"app");
+        field_table::write_short_str(&mut out, b"app");
         out.freeze()
     }
 
@@ -477,8 +477,8 @@ mod tests {
         fn encode(v: &Value) -> Vec<u8> {
             let mut out = BytesMut::new();
             match v {
-                Value::ShortStr(s) => table::write_short_str(&mut out, s),
-                Value::Table(t) => table::write_table(&mut out, t),
+                Value::ShortStr(s) => field_table::write_short_str(&mut out, s),
+                Value::Table(t) => field_table::write_table(&mut out, t),
                 Value::Octet(o) => out.put_u8(*o),
                 Value::Timestamp(t) => out.put_u64(*t),
             }

@@ -7,7 +7,7 @@
 //! Type tags follow RabbitMQ's dialect, not the 0-9-1 errata: `s` is a
 //! signed 16-bit integer, `l` a signed 64-bit one, `x` a byte array.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_core::messaging::FieldValue;
 
 /// Deepest nesting of tables and arrays accepted anywhere (x-death needs 3).
@@ -144,72 +144,6 @@ fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, TableError
     })
 }
 
-/// Writes a table with its 4-byte length.
-pub fn write_table(out: &mut BytesMut, entries: &[(String, FieldValue)]) {
-    let at = out.len();
-    out.put_u32(0);
-    for (k, v) in entries {
-        write_short_str(out, k.as_bytes());
-        write_value(out, v);
-    }
-    let len = (out.len() - at - 4) as u32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-pub fn write_short_str(out: &mut BytesMut, s: &[u8]) {
-    let s = &s[..s.len().min(255)];
-    out.put_u8(s.len() as u8);
-    out.put_slice(s);
-}
-
-/// Writes one value. Integers as `l` (signed 64-bit, as RabbitMQ's `long`),
-/// strings as `S`; `Other` bytes are written back as a byte array.
-pub fn write_value(out: &mut BytesMut, v: &FieldValue) {
-    match v {
-        FieldValue::Bool(b) => {
-            out.put_u8(b't');
-            out.put_u8(u8::from(*b));
-        }
-        FieldValue::Int(i) => {
-            out.put_u8(b'l');
-            out.put_i64(*i);
-        }
-        FieldValue::Float(f) => {
-            out.put_u8(b'd');
-            out.put_f64(*f);
-        }
-        FieldValue::Str(s) => {
-            out.put_u8(b'S');
-            out.put_u32(s.len() as u32);
-            out.put_slice(s);
-        }
-        FieldValue::Table(t) => {
-            out.put_u8(b'F');
-            write_table(out, t);
-        }
-        FieldValue::Array(items) => {
-            out.put_u8(b'A');
-            let at = out.len();
-            out.put_u32(0);
-            for item in items {
-                write_value(out, item);
-            }
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
-        FieldValue::Timestamp(t) => {
-            out.put_u8(b'T');
-            out.put_u64(*t);
-        }
-        FieldValue::Void => out.put_u8(b'V'),
-        FieldValue::Other(b) => {
-            out.put_u8(b'x');
-            out.put_u32(b.len() as u32);
-            out.put_slice(b);
-        }
-    }
-}
-
 /// A string value, if it is one.
 pub fn as_str(v: &FieldValue) -> Option<String> {
     match v {
@@ -230,6 +164,8 @@ pub fn str_value(s: &str) -> FieldValue {
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use bytes::{BufMut, BytesMut};
+    use ferry_core::messaging::field_table::{write_short_str, write_table};
 
     fn roundtrip(entries: Vec<(String, FieldValue)>) {
         let mut out = BytesMut::new();

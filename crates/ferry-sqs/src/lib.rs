@@ -179,7 +179,9 @@ impl QueueState {
     }
 
     pub fn attr_i64(&self, name: &str, default: i64) -> i64 {
-        self.attr(name)
+        self.meta()
+            .attributes
+            .get(name)
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_core::messaging::{FieldValue, Message};
+use ferry_core::messaging::{FieldValue, Message, field_table};
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 
@@ -79,6 +79,12 @@ pub type Attributes = BTreeMap<String, AttrValue>;
 /// The characters SQS allows in bodies and string values: #x9 | #xA | #xD
 /// | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
 pub fn first_invalid_char(s: &str) -> Option<char> {
+    // Most bodies are printable ASCII: a byte test settles those without
+    // decoding characters.
+    let plain = |b: u8| (0x20..0x80).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r');
+    if s.bytes().all(plain) {
+        return None;
+    }
     s.chars().find(|&c| {
         let u = c as u32;
         !(u == 0x9
@@ -250,14 +256,15 @@ pub fn md5_hex(data: &[u8]) -> String {
     hex(&Md5::digest(data))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as SQS writes digests.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
-    s
+    let digits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+        .collect();
+    // Only ASCII digits were written, so this never falls back.
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// MD5OfMessageAttributes (and MD5OfMessageSystemAttributes): attributes
@@ -451,89 +458,19 @@ const FLAG_HEADERS: u16 = 1 << (15 - 2);
 const FLAG_DELIVERY_MODE: u16 = 1 << (15 - 3);
 const FLAG_MESSAGE_ID: u16 = 1 << (15 - 8);
 const FLAG_TIMESTAMP: u16 = 1 << (15 - 9);
-/// Nesting of tables written into properties (x-sqs needs 2).
-const TABLE_DEPTH_MAX: usize = 8;
-
-fn put_short_str(out: &mut BytesMut, s: &[u8]) -> bool {
-    match u8::try_from(s.len()) {
-        Ok(n) => {
-            out.put_u8(n);
-            out.put_slice(s);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-fn put_value(out: &mut BytesMut, v: &FieldValue, depth: usize) {
-    match v {
-        FieldValue::Bool(b) => {
-            out.put_u8(b't');
-            out.put_u8(u8::from(*b));
-        }
-        FieldValue::Int(i) => {
-            out.put_u8(b'l');
-            out.put_i64(*i);
-        }
-        FieldValue::Float(f) => {
-            out.put_u8(b'd');
-            out.put_f64(*f);
-        }
-        FieldValue::Str(b) => {
-            out.put_u8(b'S');
-            out.put_u32(b.len() as u32);
-            out.put_slice(b);
-        }
-        FieldValue::Other(b) => {
-            out.put_u8(b'x');
-            out.put_u32(b.len() as u32);
-            out.put_slice(b);
-        }
-        FieldValue::Timestamp(t) => {
-            out.put_u8(b'T');
-            out.put_u64(*t);
-        }
-        FieldValue::Table(t) if depth < TABLE_DEPTH_MAX => {
-            out.put_u8(b'F');
-            put_table(out, t, depth + 1);
-        }
-        FieldValue::Array(items) if depth < TABLE_DEPTH_MAX => {
-            out.put_u8(b'A');
-            let mut inner = BytesMut::new();
-            for i in items {
-                put_value(&mut inner, i, depth + 1);
-            }
-            out.put_u32(inner.len() as u32);
-            out.put_slice(&inner);
-        }
-        _ => out.put_u8(b'V'),
-    }
-}
-
-fn put_table(out: &mut BytesMut, t: &[(String, FieldValue)], depth: usize) {
-    let mut inner = BytesMut::new();
-    for (k, v) in t {
-        if put_short_str(&mut inner, k.as_bytes()) {
-            put_value(&mut inner, v, depth);
-        }
-    }
-    out.put_u32(inner.len() as u32);
-    out.put_slice(&inner);
-}
-
 /// Basic properties: headers, delivery mode 2, message id, timestamp.
 pub fn amqp_properties(headers: &[(String, FieldValue)], message_id: &str, sent_ms: i64) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
+    let mut out = BytesMut::with_capacity(256);
     let mut flags = FLAG_HEADERS | FLAG_DELIVERY_MODE | FLAG_TIMESTAMP;
     let id_fits = message_id.len() <= 255;
     if id_fits {
         flags |= FLAG_MESSAGE_ID;
     }
     out.put_u16(flags);
-    put_table(&mut out, headers, 0);
+    field_table::write_table(&mut out, headers);
     out.put_u8(2);
     if id_fits {
-        put_short_str(&mut out, message_id.as_bytes());
+        field_table::write_short_str(&mut out, message_id.as_bytes());
     }
     out.put_u64(u64::try_from(sent_ms / 1000).unwrap_or(0));
     out.freeze()

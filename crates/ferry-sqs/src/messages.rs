@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::errors::{Code, SqsError, SqsResult, err, invalid_parameters, invalid_value, missing};
 use crate::http::SqsRequest;
 use crate::message::{
-    Attributes, SqsMessage, System, attributes_size, check_body, group_of, md5_hex,
+    Attributes, SqsMessage, System, attributes_size, check_body, group_of, hex, md5_hex,
     md5_of_attributes, parse_attributes,
 };
 use crate::params::{Params, batch_entries, int_in, opt_str, req_str, string_list};
@@ -812,10 +812,6 @@ fn failure(id: &str, e: &SqsError) -> Value {
         "Code": e.code.query_code(),
         "Message": e.message,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A stable MessageId for a message that has none of its own (published

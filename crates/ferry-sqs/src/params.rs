@@ -110,8 +110,7 @@ pub fn batch_entries<'a>(p: &'a Params, entry_name: &str) -> SqsResult<Vec<&'a P
             ),
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    for e in &entries {
+    for (i, e) in entries.iter().enumerate() {
         let id = opt_str(e, "Id").unwrap_or("");
         let valid = !id.is_empty()
             && id.len() <= 80
@@ -124,7 +123,12 @@ pub fn batch_entries<'a>(p: &'a Params, entry_name: &str) -> SqsResult<Vec<&'a P
                 "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most 80 letters long.",
             ));
         }
-        if !seen.insert(id) {
+        // At most ten entries: comparing with the ones before is cheaper
+        // than hashing.
+        if entries[..i]
+            .iter()
+            .any(|seen| opt_str(seen, "Id") == Some(id))
+        {
             return Err(err(
                 Code::BatchEntryIdsNotDistinct,
                 format!("Id {id} repeated."),

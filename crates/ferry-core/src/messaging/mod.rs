@@ -19,6 +19,7 @@
 //! delivery-state journal), `codec` (messages as Kafka records), `routing`
 //! (binding indexes: topic trie, headers matching), `args` (queue arguments
 //! and RabbitMQ's equivalence errors), `value` (field values on disk),
+//! `field_table` (field values as AMQP wire tables),
 //! `sets` (range sets).
 //!
 //! Error texts are RabbitMQ's explanations without the `CODE_NAME - `
@@ -27,6 +28,7 @@
 mod args;
 mod codec;
 mod engine;
+pub mod field_table;
 mod inspect;
 mod journal;
 mod queue;
