@@ -472,23 +472,25 @@ impl Sqs {
     }
 }
 
-/// A receipt handle: which queue incarnation, which delivery, which
-/// receive of it. Opaque to clients (URL-safe base64).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A receipt handle: which delivery, which receive of it, and the queue
+/// incarnation it belongs to (`v1:<incarnation>:<delivery>:<receive>`, in
+/// URL-safe base64, opaque to clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Receipt {
-    pub incarnation: String,
     pub id: u64,
     pub count: u32,
 }
 
 impl Receipt {
-    pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-            "v1:{}:{}:{}",
-            self.incarnation, self.id, self.count
-        ))
+    pub fn encode(&self, incarnation: &str) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(incarnation.len() + 34);
+        let _ = write!(text, "v1:{incarnation}:{}:{}", self.id, self.count);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 
+    /// The receipt of a handle given for `queue`; a handle of another
+    /// queue, or of an earlier incarnation of this one, is invalid.
     pub fn decode(handle: &str, queue: &QueueState) -> SqsResult<Receipt> {
         let invalid = || {
             err(
@@ -499,22 +501,14 @@ impl Receipt {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(handle)
             .map_err(|_| invalid())?;
-        let text = String::from_utf8(raw).map_err(|_| invalid())?;
-        let mut parts = text.split(':');
-        let (Some("v1"), Some(inc), Some(id), Some(count), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(invalid());
-        };
-        if inc != queue.incarnation {
+        let text = std::str::from_utf8(&raw).map_err(|_| invalid())?;
+        let rest = text.strip_prefix("v1:").ok_or_else(invalid)?;
+        let (rest, count) = rest.rsplit_once(':').ok_or_else(invalid)?;
+        let (incarnation, id) = rest.rsplit_once(':').ok_or_else(invalid)?;
+        if incarnation != queue.incarnation {
             return Err(invalid());
         }
         Ok(Receipt {
-            incarnation: inc.to_string(),
             id: id.parse().map_err(|_| invalid())?,
             count: count.parse().map_err(|_| invalid())?,
         })
@@ -528,4 +522,56 @@ impl Receipt {
 pub fn router(sqs: Arc<Sqs>, local: SocketAddr) -> axum::Router {
     *sqs.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
     axum::Router::new().fallback(http::handle).with_state(sqs)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn queue(incarnation: &str) -> QueueState {
+        queues::new_state(store::QueueMeta {
+            name: "q".into(),
+            incarnation: incarnation.into(),
+            fifo: false,
+            created_s: 0,
+            modified_s: 0,
+            attributes: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            permissions: BTreeMap::new(),
+        })
+    }
+
+    #[test]
+    fn receipt_handles_round_trip_and_name_their_queue() {
+        let q = queue("3f0c9a52-1b7e-4c1d-9a57-0e1f2a3b4c5d");
+        let r = Receipt {
+            id: 12_345_678_901,
+            count: 3,
+        };
+        let handle = r.encode(&q.incarnation);
+        assert_eq!(Receipt::decode(&handle, &q).unwrap(), r);
+        // The layout handles already given out have.
+        let by_hand = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("v1:{}:12345678901:3", q.incarnation));
+        assert_eq!(handle, by_hand);
+        // Another incarnation of the queue (deleted and created again).
+        let other = queue("00000000-1b7e-4c1d-9a57-0e1f2a3b4c5d");
+        let refused = Receipt::decode(&handle, &other).unwrap_err();
+        assert_eq!(refused.code, Code::ReceiptHandleIsInvalid);
+        for bad in ["", "not base64!", "djE6", "djI6YTox", "v1:x:1:2"] {
+            let e = Receipt::decode(bad, &q).unwrap_err();
+            assert_eq!(e.code, Code::ReceiptHandleIsInvalid, "{bad}");
+        }
+        let text = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for bad in [
+            format!("v1:{}:1", q.incarnation),
+            format!("v1:{}:x:1", q.incarnation),
+            format!("v1:{}:1:-1", q.incarnation),
+            format!("v2:{}:1:1", q.incarnation),
+        ] {
+            let e = Receipt::decode(&text(&bad), &q).unwrap_err();
+            assert_eq!(e.code, Code::ReceiptHandleIsInvalid, "{bad}");
+        }
+    }
 }

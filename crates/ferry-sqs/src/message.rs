@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_core::messaging::{FieldValue, Message, field_table};
+use ferry_core::messaging::{FieldValue, Message, field_table, utf8_lossy};
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 
@@ -377,14 +377,14 @@ impl SqsMessage {
         if let Some((_, FieldValue::Table(t))) = m.headers.iter().find(|(k, _)| k == SQS_HEADER) {
             for (k, v) in t {
                 let text = match v {
-                    FieldValue::Str(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    FieldValue::Str(b) => Some(utf8_lossy(b)),
                     _ => None,
                 };
                 match (k.as_str(), v) {
                     ("types", FieldValue::Table(entries)) => {
                         for (name, ty) in entries {
                             if let FieldValue::Str(b) = ty {
-                                types.insert(name.clone(), String::from_utf8_lossy(b).into_owned());
+                                types.insert(name.clone(), utf8_lossy(b));
                             }
                         }
                     }
@@ -433,7 +433,7 @@ impl SqsMessage {
             attributes.insert(name.clone(), AttrValue { data_type, data });
         }
         SqsMessage {
-            body: String::from_utf8_lossy(&m.body).into_owned(),
+            body: utf8_lossy(&m.body),
             attributes,
             system,
             sent_ms: m.published_ms,
@@ -504,7 +504,7 @@ pub fn amqp_message_id(props: &[u8]) -> Option<String> {
                 let n = usize::from(*take(&mut pos, 1)?.first()?);
                 let v = take(&mut pos, n)?;
                 if i == 8 {
-                    return Some(String::from_utf8_lossy(v).into_owned());
+                    return Some(utf8_lossy(v));
                 }
             }
         }

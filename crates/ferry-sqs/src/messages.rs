@@ -569,9 +569,8 @@ impl Sqs {
         d: Delivery,
         view: &View<'_>,
     ) -> SqsResult<Option<Value>> {
-        let incarnation = q.incarnation.clone();
         let id = d.id;
-        let sm = SqsMessage::from_engine(&d.message, || derived_id(&incarnation, id));
+        let sm = SqsMessage::from_engine(&d.message, || derived_id(&q.incarnation, id));
         let purged_before = q.runtime().purged_before_ms;
         if sm.sent_ms < purged_before {
             let _ = engine.ack(d.id);
@@ -597,11 +596,10 @@ impl Sqs {
             "ReceiptHandle".into(),
             Value::String(
                 Receipt {
-                    incarnation: q.incarnation.clone(),
                     id: d.id,
                     count: d.delivery_count,
                 }
-                .encode(),
+                .encode(&q.incarnation),
             ),
         );
         m.insert(

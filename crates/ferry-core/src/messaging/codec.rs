@@ -201,14 +201,20 @@ pub(crate) fn decode_meta(rec: &StoredRecord) -> Meta {
         })
 }
 
-fn lossy(b: &Bytes) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// Stored bytes as text: what the front ends store is UTF-8, and a check
+/// of that is faster than the lossy conversion's walk over chunks; other
+/// bytes (a non-UTF-8 AMQP routing key) show with replacement characters.
+pub fn utf8_lossy(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 /// The message of a stored record, and its meta. Malformed headers degrade to
 /// a plain message rather than failing a delivery.
 pub(crate) fn decode_message(rec: &StoredRecord) -> (Message, Meta) {
-    let routing_key = rec.key.as_ref().map(lossy).unwrap_or_default();
+    let routing_key = rec.key.as_deref().map(utf8_lossy).unwrap_or_default();
     let body = rec.value.clone().unwrap_or_default();
     let plain = |meta: Meta| Message {
         exchange: String::new(),
@@ -246,7 +252,7 @@ pub(crate) fn decode_message(rec: &StoredRecord) -> (Message, Meta) {
     let meta = head.meta;
     (
         Message {
-            exchange: lossy(&head.exchange),
+            exchange: utf8_lossy(&head.exchange),
             routing_key,
             properties: head.properties,
             headers,

@@ -47,6 +47,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 pub use args::PRIORITY_MAX;
+pub use codec::utf8_lossy;
 pub use engine::{DEFAULT_VHOST, MessagingConfig};
 pub use inspect::{
     BindingInfo, PeekState, PeekedMessage, QueueDetails, QueueTotals, exchange_type_name,
