@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::Sqs;
@@ -31,12 +32,39 @@ pub enum Protocol {
 /// One parsed request.
 #[derive(Debug)]
 pub struct SqsRequest {
+    pub protocol: Protocol,
     pub action: String,
     pub params: Map<String, Value>,
     /// The request's path (`/` or a queue URL's `/<account>/<name>`).
     pub path: String,
     /// The `Host` header, for queue URLs when no address is advertised.
     pub host: Option<String>,
+}
+
+/// What an action answers. Most actions build a `Value` in the JSON
+/// protocol's shape; the message actions build typed structs
+/// ([`SqsRequest::reply`]), which a JSON request gets serialised at once,
+/// without a tree of maps per message to build and drop.
+#[derive(Debug)]
+pub enum Reply {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
+impl SqsRequest {
+    /// `result` in this request's protocol: JSON bytes, or for the query
+    /// protocol the `Value` its XML is rendered from.
+    pub fn reply(&self, result: &impl Serialize) -> Result<Reply, SqsError> {
+        let reply = match self.protocol {
+            Protocol::Json => {
+                // A receive of ten messages is a few KiB.
+                let mut out = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut out, result).map(|()| Reply::Json(out))
+            }
+            Protocol::Query => serde_json::to_value(result).map(Reply::Value),
+        };
+        reply.map_err(crate::errors::internal)
+    }
 }
 
 /// Whether a request (before its body is read) is for the JSON protocol.
@@ -94,6 +122,7 @@ pub async fn handle(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
         Err(e) => return error_response(protocol, &e, &request_id),
     };
     let req = SqsRequest {
+        protocol,
         action,
         params,
         path: parts.uri.path().to_string(),
@@ -361,15 +390,16 @@ fn normalize(m: Map<String, Value>) -> Map<String, Value> {
     out
 }
 
-fn ok_response(protocol: Protocol, action: &str, result: Value, request_id: &str) -> Response {
-    let (content_type, body) = match protocol {
-        Protocol::Json => (
+fn ok_response(protocol: Protocol, action: &str, result: Reply, request_id: &str) -> Response {
+    let (content_type, body) = match (protocol, result) {
+        (_, Reply::Json(body)) => (JSON_CONTENT_TYPE, body),
+        (Protocol::Json, Reply::Value(v)) => (
             JSON_CONTENT_TYPE,
-            serde_json::to_vec(&result).unwrap_or_else(|_| b"{}".to_vec()),
+            serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec()),
         ),
-        Protocol::Query => (
+        (Protocol::Query, Reply::Value(v)) => (
             "text/xml",
-            crate::xml::response(action, &result, request_id).into_bytes(),
+            crate::xml::response(action, &v, request_id).into_bytes(),
         ),
     };
     build(StatusCode::OK, content_type, body, request_id, None)

@@ -44,7 +44,7 @@ use ferry_core::metrics::Metrics;
 use tokio::sync::{Notify, watch};
 
 use crate::errors::{Code, SqsError, SqsResult, err, no_queue};
-use crate::http::SqsRequest;
+use crate::http::{Reply, SqsRequest};
 use crate::store::{DedupEntry, QueueMeta, Store};
 
 pub use crate::errors::Code as ErrorCode;
@@ -438,9 +438,9 @@ impl Sqs {
         self.queues_read().get(&name).cloned().ok_or_else(no_queue)
     }
 
-    async fn dispatch(self: &Arc<Self>, req: &SqsRequest) -> SqsResult<serde_json::Value> {
+    async fn dispatch(self: &Arc<Self>, req: &SqsRequest) -> SqsResult<Reply> {
         let p = &req.params;
-        match req.action.as_str() {
+        let value = match req.action.as_str() {
             "CreateQueue" => self.create_queue(req, p),
             "DeleteQueue" => self.delete_queue(req, p),
             "GetQueueUrl" => self.get_queue_url(req, p),
@@ -454,13 +454,16 @@ impl Sqs {
             "AddPermission" => self.add_permission(req, p),
             "RemovePermission" => self.remove_permission(req, p),
             "ListDeadLetterSourceQueues" => self.list_dead_letter_source_queues(req, p),
-            "SendMessage" => self.send_message(req, p).await,
-            "SendMessageBatch" => self.send_message_batch(req, p).await,
-            "ReceiveMessage" => self.receive_message(req, p).await,
+            // The message actions answer typed structs (`SqsRequest::reply`).
+            "SendMessage" => return self.send_message(req, p).await,
+            "SendMessageBatch" => return self.send_message_batch(req, p).await,
+            "ReceiveMessage" => return self.receive_message(req, p).await,
             "DeleteMessage" => self.delete_message(req, p),
-            "DeleteMessageBatch" => self.delete_message_batch(req, p),
+            "DeleteMessageBatch" => return self.delete_message_batch(req, p),
             "ChangeMessageVisibility" => self.change_message_visibility(req, p),
-            "ChangeMessageVisibilityBatch" => self.change_message_visibility_batch(req, p),
+            "ChangeMessageVisibilityBatch" => {
+                return self.change_message_visibility_batch(req, p);
+            }
             "StartMessageMoveTask" => self.start_message_move_task(p),
             "ListMessageMoveTasks" => self.list_message_move_tasks(p),
             "CancelMessageMoveTask" => self.cancel_message_move_task(p),
@@ -468,7 +471,8 @@ impl Sqs {
                 Code::InvalidAction,
                 format!("The action {other} is not valid for this endpoint."),
             )),
-        }
+        };
+        value.map(Reply::Value)
     }
 }
 

@@ -1,17 +1,18 @@
 //! Message actions: SendMessage(Batch), ReceiveMessage,
 //! DeleteMessage(Batch), ChangeMessageVisibility(Batch).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::alarm;
 use ferry_core::messaging::{Delivery, Queue};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::errors::{Code, SqsError, SqsResult, err, invalid_parameters, invalid_value, missing};
-use crate::http::SqsRequest;
+use crate::http::{Reply, SqsRequest};
 use crate::message::{
     Attributes, SqsMessage, System, attributes_size, check_body, group_of, hex, md5_hex,
     md5_of_attributes, parse_attributes,
@@ -194,14 +195,14 @@ impl Sqs {
         q: &QueueState,
         engine: &Queue,
         prepared: Vec<SqsResult<Prepared>>,
-    ) -> Vec<SqsResult<Value>> {
+    ) -> Vec<SqsResult<Sent>> {
         let retention =
             Duration::from_secs(q.attr_i64("MessageRetentionPeriod", 345_600).unsigned_abs());
         let now = now_ms();
         let window_ms = i64::try_from(self.config.dedup_window.as_millis()).unwrap_or(300_000);
         // Per message: its answer so far, and its message id if it is among
         // the appended (duplicates and invalid entries are not).
-        let mut results: Vec<(SqsResult<Value>, Option<String>)> =
+        let mut results: Vec<(SqsResult<Sent>, Option<String>)> =
             Vec::with_capacity(prepared.len());
         let mut to_send = Vec::new();
         let mut new_dedup = Vec::new();
@@ -231,15 +232,13 @@ impl Sqs {
                         continue;
                     }
                 };
-                let mut r = result_json(&p);
                 if let Some(key) = &p.dedup_key {
                     // An entry not yet dropped (the clock stepped back, or
                     // it was restored out of order) but expired is no
                     // duplicate.
                     if let Some(prev) = rt.dedup.get(key).filter(|e| e.exp > now) {
-                        r.insert("MessageId".into(), Value::String(prev.id.clone()));
-                        r.insert("SequenceNumber".into(), Value::String(prev.seq.clone()));
-                        results.push((Ok(Value::Object(r)), None));
+                        let r = p.answer(prev.id.clone(), Some(prev.seq.clone()));
+                        results.push((Ok(r), None));
                         continue;
                     }
                     let floor = u128::try_from(now).unwrap_or(0) * 100_000_000;
@@ -256,16 +255,15 @@ impl Sqs {
                     rt.dedup_expiry.push_back((entry.exp, key.clone()));
                     rt.dedup.insert(key.clone(), entry.clone());
                     new_dedup.push(entry);
-                    r.insert("SequenceNumber".into(), Value::String(seq.clone()));
                     p.message.system.sequence = Some(seq);
                 }
-                r.insert(
-                    "MessageId".into(),
-                    Value::String(p.message.system.message_id.clone()),
+                let r = p.answer(
+                    p.message.system.message_id.clone(),
+                    p.message.system.sequence.clone(),
                 );
                 to_send.push((p.message.to_engine(&q.name, Some(retention)), p.delay));
                 let id = p.message.system.message_id;
-                results.push((Ok(Value::Object(r)), Some(id)));
+                results.push((Ok(r), Some(id)));
             }
             if to_send.is_empty() {
                 Ok(Vec::new())
@@ -349,22 +347,23 @@ impl Sqs {
         ))
     }
 
-    pub(crate) async fn send_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
+    pub(crate) async fn send_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Reply> {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         self.hold_during_alarm().await?;
         let prepared = self.prepare(&q, p, now_ms())?;
         let mut results = self.send_prepared(&q, &engine, vec![Ok(prepared)]).await;
-        results
+        let sent = results
             .pop()
-            .unwrap_or_else(|| Err(crate::errors::internal("no result")))
+            .unwrap_or_else(|| Err(crate::errors::internal("no result")))?;
+        req.reply(&sent)
     }
 
     pub(crate) async fn send_message_batch(
         &self,
         req: &SqsRequest,
         p: &Params,
-    ) -> SqsResult<Value> {
+    ) -> SqsResult<Reply> {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         let entries = batch_entries(p, "SendMessageBatchRequestEntry")?;
@@ -394,27 +393,25 @@ impl Sqs {
             ));
         }
         let results = self.send_prepared(&q, &engine, prepared).await;
-        let mut successful = Vec::new();
-        let mut failed = Vec::new();
+        let mut answer = BatchResult::default();
         for (e, r) in entries.iter().zip(results) {
-            let id = opt_str(e, "Id").unwrap_or("").to_string();
+            let id = opt_str(e, "Id").unwrap_or("");
             match r {
-                Ok(Value::Object(mut m)) => {
-                    m.insert("Id".into(), Value::String(id));
-                    successful.push(Value::Object(m));
-                }
-                Ok(_) => {}
-                Err(e) => failed.push(failure(&id, &e)),
+                Ok(sent) => answer.successful.push(Sent {
+                    id: Some(id.to_string()),
+                    ..sent
+                }),
+                Err(e) => answer.failed.push(Failed::of(id, &e)),
             }
         }
-        Ok(batch_result(successful, failed))
+        req.reply(&answer)
     }
 
     pub(crate) async fn receive_message(
         self: &Arc<Self>,
         req: &SqsRequest,
         p: &Params,
-    ) -> SqsResult<Value> {
+    ) -> SqsResult<Reply> {
         let q = self.queue_of(req, p)?;
         let max = int_in(p, "MaxNumberOfMessages", 1, 10)?.unwrap_or(1);
         let visibility = int_in(p, "VisibilityTimeout", 0, VISIBILITY_MAX_S)?
@@ -452,7 +449,7 @@ impl Sqs {
         if let Some(a) = &attempt
             && let Some(response) = retry_attempt(&q, &engine, a, visibility)
         {
-            return Ok(response);
+            return Ok(Reply::Value(response));
         }
         let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
         let limit = if q.fifo {
@@ -491,20 +488,19 @@ impl Sqs {
                 }
             }
             if !out.is_empty() {
-                let mut response = Map::new();
-                response.insert("Messages".into(), Value::Array(out));
-                let response = Value::Object(response);
+                let response = ReceiveResult { messages: out };
                 if let Some(a) = attempt {
-                    remember_attempt(&q, a, returned, &response);
+                    let value = serde_json::to_value(&response).map_err(crate::errors::internal)?;
+                    remember_attempt(&q, a, returned, value);
                 }
-                return Ok(response);
+                return req.reply(&response);
             }
             if took {
                 // Everything taken was dropped or dead-lettered: look again.
                 continue;
             }
             if Instant::now() >= deadline {
-                return Ok(json!({}));
+                return req.reply(&ReceiveResult::default());
             }
             tokio::select! {
                 _ = &mut ready => {}
@@ -568,7 +564,7 @@ impl Sqs {
         engine: &Queue,
         d: Delivery,
         view: &View<'_>,
-    ) -> SqsResult<Option<Value>> {
+    ) -> SqsResult<Option<Received>> {
         let id = d.id;
         let sm = SqsMessage::from_engine(&d.message, || derived_id(&q.incarnation, id));
         let purged_before = q.runtime().purged_before_ms;
@@ -587,44 +583,25 @@ impl Sqs {
         }
         let now = now_ms();
         let first = q.record_first_receive(d.id, now);
-        let mut m = Map::new();
-        m.insert(
-            "MessageId".into(),
-            Value::String(sm.system.message_id.clone()),
-        );
-        m.insert(
-            "ReceiptHandle".into(),
-            Value::String(
-                Receipt {
-                    id: d.id,
-                    count: d.delivery_count,
-                }
-                .encode(&q.incarnation),
-            ),
-        );
-        m.insert(
-            "MD5OfBody".into(),
-            Value::String(md5_hex(sm.body.as_bytes())),
-        );
-        m.insert("Body".into(), Value::String(sm.body.clone()));
-        let attrs = view.system_attributes(&sm, d.delivery_count, first, &self.config.account_id);
-        if !attrs.is_empty() {
-            m.insert("Attributes".into(), Value::Object(attrs));
-        }
+        let attributes =
+            view.system_attributes(&sm, d.delivery_count, first, &self.config.account_id);
         let selected = view.message_attributes(&sm.attributes);
-        if let Some(md5) = md5_of_attributes(&selected) {
-            m.insert("MD5OfMessageAttributes".into(), Value::String(md5));
-            m.insert(
-                "MessageAttributes".into(),
-                Value::Object(
-                    selected
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.to_json()))
-                        .collect(),
-                ),
-            );
-        }
-        Ok(Some(Value::Object(m)))
+        Ok(Some(Received {
+            receipt_handle: Receipt {
+                id: d.id,
+                count: d.delivery_count,
+            }
+            .encode(&q.incarnation),
+            md5_of_body: md5_hex(sm.body.as_bytes()),
+            md5_of_message_attributes: md5_of_attributes(&selected),
+            message_attributes: selected
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+            attributes,
+            message_id: sm.system.message_id,
+            body: sm.body,
+        }))
     }
 
     pub(crate) fn delete_message(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
@@ -653,24 +630,23 @@ impl Sqs {
         Ok(())
     }
 
-    pub(crate) fn delete_message_batch(&self, req: &SqsRequest, p: &Params) -> SqsResult<Value> {
+    pub(crate) fn delete_message_batch(&self, req: &SqsRequest, p: &Params) -> SqsResult<Reply> {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         let entries = batch_entries(p, "DeleteMessageBatchRequestEntry")?;
-        let mut successful = Vec::new();
-        let mut failed = Vec::new();
+        let mut answer = BatchResult::default();
         for e in entries {
             let id = opt_str(e, "Id").unwrap_or("");
             let r = req_str(e, "ReceiptHandle").and_then(|h| self.delete_one(&q, &engine, h));
             match r {
-                Ok(()) => successful.push(json!({ "Id": id })),
-                Err(e) => failed.push(failure(id, &e)),
+                Ok(()) => answer.successful.push(EntryId { id }),
+                Err(e) => answer.failed.push(Failed::of(id, &e)),
             }
         }
         // One journal write for the batch, before the answer: a deletion
         // answered survives a crash of the process.
         engine.write_journal();
-        Ok(batch_result(successful, failed))
+        req.reply(&answer)
     }
 
     fn change_one(&self, q: &QueueState, engine: &Queue, e: &Params) -> SqsResult<()> {
@@ -708,20 +684,19 @@ impl Sqs {
         &self,
         req: &SqsRequest,
         p: &Params,
-    ) -> SqsResult<Value> {
+    ) -> SqsResult<Reply> {
         let q = self.queue_of(req, p)?;
         let engine = self.engine_queue(&q.name)?;
         let entries = batch_entries(p, "ChangeMessageVisibilityBatchRequestEntry")?;
-        let mut successful = Vec::new();
-        let mut failed = Vec::new();
+        let mut answer = BatchResult::default();
         for e in entries {
             let id = opt_str(e, "Id").unwrap_or("");
             match self.change_one(&q, &engine, e) {
-                Ok(()) => successful.push(json!({ "Id": id })),
-                Err(e) => failed.push(failure(id, &e)),
+                Ok(()) => answer.successful.push(EntryId { id }),
+                Err(e) => answer.failed.push(Failed::of(id, &e)),
             }
         }
-        Ok(batch_result(successful, failed))
+        req.reply(&answer)
     }
 }
 
@@ -754,12 +729,7 @@ fn retry_attempt(
     Some(a.response.clone())
 }
 
-fn remember_attempt(
-    q: &QueueState,
-    attempt: String,
-    deliveries: Vec<(u64, u32)>,
-    response: &Value,
-) {
+fn remember_attempt(q: &QueueState, attempt: String, deliveries: Vec<(u64, u32)>, response: Value) {
     let mut rt = q.runtime();
     if rt.attempts.len() >= RECEIVE_ATTEMPTS_MAX {
         rt.attempts
@@ -774,42 +744,120 @@ fn remember_attempt(
         crate::Attempt {
             at: Instant::now(),
             deliveries,
-            response: response.clone(),
+            response,
         },
     );
 }
 
-/// `{"Successful": [...], "Failed": [...]}`, built in place: `json!` with
-/// a variable would serialize (deep-copy) each list.
-fn batch_result(successful: Vec<Value>, failed: Vec<Value>) -> Value {
-    let mut m = Map::new();
-    m.insert("Successful".into(), Value::Array(successful));
-    m.insert("Failed".into(), Value::Array(failed));
-    Value::Object(m)
+/// The answer to a send, and to each entry of a batch send (with its `Id`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Sent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    message_id: String,
+    #[serde(rename = "MD5OfMessageBody")]
+    md5_of_message_body: String,
+    #[serde(
+        rename = "MD5OfMessageAttributes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    md5_of_message_attributes: Option<String>,
+    #[serde(
+        rename = "MD5OfMessageSystemAttributes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    md5_of_message_system_attributes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_number: Option<String>,
 }
 
-fn result_json(p: &Prepared) -> Map<String, Value> {
-    let mut r = Map::new();
-    r.insert("MD5OfMessageBody".into(), Value::String(p.md5_body.clone()));
-    if let Some(m) = &p.md5_attributes {
-        r.insert("MD5OfMessageAttributes".into(), Value::String(m.clone()));
+impl Prepared {
+    /// The answer for this message, stored as `message_id` (a FIFO
+    /// duplicate answers the id and sequence number of the original).
+    fn answer(&self, message_id: String, sequence_number: Option<String>) -> Sent {
+        Sent {
+            id: None,
+            message_id,
+            md5_of_message_body: self.md5_body.clone(),
+            md5_of_message_attributes: self.md5_attributes.clone(),
+            md5_of_message_system_attributes: self.md5_system.clone(),
+            sequence_number,
+        }
     }
-    if let Some(m) = &p.md5_system {
-        r.insert(
-            "MD5OfMessageSystemAttributes".into(),
-            Value::String(m.clone()),
-        );
-    }
-    r
 }
 
-fn failure(id: &str, e: &SqsError) -> Value {
-    json!({
-        "Id": id,
-        "SenderFault": e.code.fault() == "Sender",
-        "Code": e.code.query_code(),
-        "Message": e.message,
-    })
+/// One received message as SQS shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Received {
+    message_id: String,
+    receipt_handle: String,
+    #[serde(rename = "MD5OfBody")]
+    md5_of_body: String,
+    body: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: BTreeMap<&'static str, String>,
+    #[serde(
+        rename = "MD5OfMessageAttributes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    md5_of_message_attributes: Option<String>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    message_attributes: Map<String, Value>,
+}
+
+/// A ReceiveMessage answer: `{}` when nothing came.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReceiveResult {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    messages: Vec<Received>,
+}
+
+/// `{"Successful": [...], "Failed": [...]}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BatchResult<T> {
+    successful: Vec<T>,
+    failed: Vec<Failed>,
+}
+
+impl<T> Default for BatchResult<T> {
+    fn default() -> Self {
+        BatchResult {
+            successful: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// A successful entry of a delete or visibility batch.
+#[derive(Debug, Serialize)]
+struct EntryId<'a> {
+    #[serde(rename = "Id")]
+    id: &'a str,
+}
+
+/// A failed entry of a batch.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Failed {
+    id: String,
+    sender_fault: bool,
+    code: &'static str,
+    message: String,
+}
+
+impl Failed {
+    fn of(id: &str, e: &SqsError) -> Failed {
+        Failed {
+            id: id.to_string(),
+            sender_fault: e.code.fault() == "Sender",
+            code: e.code.query_code(),
+            message: e.message.clone(),
+        }
+    }
 }
 
 /// A stable MessageId for a message that has none of its own (published
@@ -838,11 +886,11 @@ impl View<'_> {
         receive_count: u32,
         first_receive_ms: i64,
         account: &str,
-    ) -> Map<String, Value> {
-        let mut out = Map::new();
-        let mut put = |k: &str, v: String| {
+    ) -> BTreeMap<&'static str, String> {
+        let mut out = BTreeMap::new();
+        let mut put = |k: &'static str, v: String| {
             if self.wants(k) {
-                out.insert(k.to_string(), Value::String(v));
+                out.insert(k, v);
             }
         };
         put(
