@@ -110,30 +110,29 @@ pub fn batch_entries<'a>(p: &'a Params, entry_name: &str) -> SqsResult<Vec<&'a P
             ),
         ));
     }
-    for (i, e) in entries.iter().enumerate() {
+    // At most ten ids: comparing with the earlier ones is cheaper than
+    // hashing.
+    let mut ids: Vec<&str> = Vec::with_capacity(entries.len());
+    for e in &entries {
         let id = opt_str(e, "Id").unwrap_or("");
         let valid = !id.is_empty()
             && id.len() <= 80
             && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid {
             return Err(err(
                 Code::InvalidBatchEntryId,
                 "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most 80 letters long.",
             ));
         }
-        // At most ten entries: comparing with the ones before is cheaper
-        // than hashing.
-        if entries[..i]
-            .iter()
-            .any(|seen| opt_str(seen, "Id") == Some(id))
-        {
+        if ids.contains(&id) {
             return Err(err(
                 Code::BatchEntryIdsNotDistinct,
                 format!("Id {id} repeated."),
             ));
         }
+        ids.push(id);
     }
     Ok(entries)
 }
