@@ -487,9 +487,14 @@ pub(crate) struct Receipt {
 
 impl Receipt {
     pub fn encode(&self, incarnation: &str) -> String {
-        use std::fmt::Write as _;
+        let mut digits = itoa::Buffer::new();
         let mut text = String::with_capacity(incarnation.len() + 34);
-        let _ = write!(text, "v1:{incarnation}:{}:{}", self.id, self.count);
+        text.push_str("v1:");
+        text.push_str(incarnation);
+        text.push(':');
+        text.push_str(digits.format(self.id));
+        text.push(':');
+        text.push_str(digits.format(self.count));
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 

@@ -860,6 +860,11 @@ impl Failed {
     }
 }
 
+/// An integer as text, without the formatting machinery of `to_string`.
+fn decimal(n: impl itoa::Integer) -> String {
+    itoa::Buffer::new().format(n).to_owned()
+}
+
 /// A stable MessageId for a message that has none of its own (published
 /// over AMQP without a message-id): from the queue and its position.
 fn derived_id(incarnation: &str, id: u64) -> String {
@@ -888,39 +893,36 @@ impl View<'_> {
         account: &str,
     ) -> BTreeMap<&'static str, String> {
         let mut out = BTreeMap::new();
-        let mut put = |k: &'static str, v: String| {
-            if self.wants(k) {
+        // Values are made only for the names asked for: most receives ask
+        // for none.
+        let mut put = |k: &'static str, v: &dyn Fn() -> Option<String>| {
+            if self.wants(k)
+                && let Some(v) = v()
+            {
                 out.insert(k, v);
             }
         };
-        put(
-            "SenderId",
-            sm.system
-                .sender_id
-                .clone()
-                .unwrap_or_else(|| account.to_string()),
-        );
-        put("SentTimestamp", sm.sent_ms.to_string());
-        put("ApproximateReceiveCount", receive_count.to_string());
-        put(
-            "ApproximateFirstReceiveTimestamp",
-            first_receive_ms.to_string(),
-        );
-        if let Some(v) = &sm.system.sequence {
-            put("SequenceNumber", v.clone());
-        }
-        if let Some(v) = &sm.system.dedup_id {
-            put("MessageDeduplicationId", v.clone());
-        }
-        if let Some(v) = &sm.system.group_id {
-            put("MessageGroupId", v.clone());
-        }
-        if let Some(v) = &sm.system.trace_header {
-            put("AWSTraceHeader", v.clone());
-        }
-        if let Some(v) = &sm.system.dlq_source_arn {
-            put("DeadLetterQueueSourceArn", v.clone());
-        }
+        let system = &sm.system;
+        put("SenderId", &|| {
+            Some(
+                system
+                    .sender_id
+                    .clone()
+                    .unwrap_or_else(|| account.to_string()),
+            )
+        });
+        put("SentTimestamp", &|| Some(decimal(sm.sent_ms)));
+        put("ApproximateReceiveCount", &|| Some(decimal(receive_count)));
+        put("ApproximateFirstReceiveTimestamp", &|| {
+            Some(decimal(first_receive_ms))
+        });
+        put("SequenceNumber", &|| system.sequence.clone());
+        put("MessageDeduplicationId", &|| system.dedup_id.clone());
+        put("MessageGroupId", &|| system.group_id.clone());
+        put("AWSTraceHeader", &|| system.trace_header.clone());
+        put("DeadLetterQueueSourceArn", &|| {
+            system.dlq_source_arn.clone()
+        });
         out
     }
 
