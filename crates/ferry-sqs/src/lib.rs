@@ -41,6 +41,7 @@ use base64::Engine as _;
 use ferry_core::alarm::ResourceAlarms;
 use ferry_core::messaging::{Messaging, MessagingError, Queue};
 use ferry_core::metrics::Metrics;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, watch};
 
 use crate::errors::{Code, SqsError, SqsResult, err, no_queue};
@@ -121,8 +122,9 @@ pub(crate) struct Runtime {
     /// dropped when they come back.
     pub purged_before_ms: i64,
     /// ApproximateFirstReceiveTimestamp by delivery id (not kept across
-    /// restarts).
-    pub first_receive: HashMap<u64, i64>,
+    /// restarts). FxHash: the ids are the log's offsets, not chosen by
+    /// clients.
+    pub first_receive: FxHashMap<u64, i64>,
     /// FIFO: in-flight delivery ids per message group.
     pub groups: HashMap<String, Vec<u64>>,
     /// FIFO deduplication: key → entry.

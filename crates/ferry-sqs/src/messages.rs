@@ -18,7 +18,7 @@ use crate::message::{
     md5_of_attributes, parse_attributes,
 };
 use crate::params::{Params, batch_entries, int_in, opt_str, req_str, string_list};
-use crate::queues::parse_redrive;
+use crate::queues::{RedrivePolicy, parse_redrive};
 use crate::store::DedupEntry;
 use crate::{
     IN_FLIGHT_FIFO_MAX, IN_FLIGHT_STANDARD_MAX, QueueState, Receipt, SEND_ALARM_HOLD, Sqs, now_ms,
@@ -480,9 +480,15 @@ impl Sqs {
             let took = !deliveries.is_empty();
             let mut out = Vec::new();
             let mut returned = Vec::new();
+            // Read once per take, not per message: it is JSON text.
+            let redrive = if took {
+                q.attr("RedrivePolicy").and_then(|v| parse_redrive(&v))
+            } else {
+                None
+            };
             for d in deliveries {
                 let key = (d.id, d.delivery_count);
-                if let Some(m) = self.render(&q, &engine, d, &view).await? {
+                if let Some(m) = self.render(&q, &engine, d, &view, redrive.as_ref()).await? {
                     out.push(m);
                     returned.push(key);
                 }
@@ -557,13 +563,14 @@ impl Sqs {
     }
 
     /// One received message as SQS shows it; `None` when it was purged or
-    /// moved to the dead-letter queue instead.
+    /// moved to the dead-letter queue of `redrive` instead.
     async fn render(
         &self,
         q: &QueueState,
         engine: &Queue,
         d: Delivery,
         view: &View<'_>,
+        redrive: Option<&RedrivePolicy>,
     ) -> SqsResult<Option<Received>> {
         let id = d.id;
         let sm = SqsMessage::from_engine(&d.message, || derived_id(&q.incarnation, id));
@@ -573,7 +580,7 @@ impl Sqs {
             q.forget_delivery(d.id);
             return Ok(None);
         }
-        if let Some(rp) = q.attr("RedrivePolicy").and_then(|v| parse_redrive(&v))
+        if let Some(rp) = redrive
             && d.delivery_count > rp.max_receive_count
             && self
                 .move_to_dlq(q, engine, &rp.target_arn, &sm, d.id)
